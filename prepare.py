@@ -1,0 +1,272 @@
+"""Tokenize TinyStories into flat uint16 token streams: OUT_DIR/train.bin, val.bin and meta.json.
+
+  python prepare.py                                   # download roneneldan/TinyStories (needs internet)
+  python prepare.py --input=TinyStories-train.txt --val_input=TinyStories-valid.txt
+  python prepare.py --input='data/*.jsonl' --val_fraction=0.05 --vocab_size=4096
+
+Every story is followed by <|endoftext|>. Local inputs may be .txt (stories separated by <|endoftext|>
+lines, the official layout), .json / .jsonl / .parquet with a `text` column, or the JSON shards of
+TinyStories_all_data.tar.gz (a `story` field). Outputs are written under temporary names and renamed
+at the end, so a failed run never replaces good data.
+"""
+import glob
+import json
+import os
+import sys
+import zlib
+from collections import Counter, deque
+from multiprocessing import Pool
+
+import numpy as np
+from tqdm import tqdm
+
+import tokenizer
+
+# -----------------------------------------------------------------------------
+input = ""  # local files: paths or globs, comma-separated; empty: download `dataset`
+val_input = ""  # local validation files; empty: hold out val_fraction of `input`
+val_fraction = 0.05  # share of `input` stories held out for validation (every 1/val_fraction-th story)
+dataset = "roneneldan/TinyStories"  # Hugging Face dataset with train/validation splits and a text column
+out_dir = "data/tinystories"
+vocab_size = 0  # 0: GPT-2's tokenizer; N: train a byte-level BPE with N ids on the train split
+num_proc = os.cpu_count()
+# -----------------------------------------------------------------------------
+BATCH_BYTES = 2 << 20  # text per job sent to a worker
+EXTENSIONS = (".txt", ".json", ".jsonl", ".parquet")
+
+
+def fail(message):
+    raise SystemExit(f"error: {message}")
+
+
+def expand_inputs(spec):
+    """The files a comma-separated list of paths or globs names, checked before any work starts."""
+    files = []
+    for pattern in filter(None, (p.strip() for p in spec.split(","))):
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            fail(f"no file matches '{pattern}'")
+        files += matches
+    for path in files:
+        if not os.path.isfile(path):
+            fail(f"input file '{path}' not found")
+        if not path.endswith(EXTENSIONS):
+            fail(f"'{path}' has an unsupported extension: use {', '.join(EXTENSIONS)}")
+    return files
+
+
+def record_text(record, path):
+    for field in ("text", "story"):
+        if isinstance(record, dict) and isinstance(record.get(field), str):
+            return record[field]
+    fail(f"'{path}' has a record with no 'text' column (nor 'story' field): {str(record)[:80]}")
+
+
+def batches(texts, size=2000):
+    batch = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def read_txt(path):
+    """Stories of the official layout, split on <|endoftext|> a block at a time."""
+    rest = ""
+    with open(path, encoding="utf-8") as f:
+        while block := f.read(BATCH_BYTES):
+            *stories, rest = (rest + block).split(tokenizer.EOT)
+            yield [s.strip() for s in stories if s.strip()]
+    if rest.strip():
+        yield [rest.strip()]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError:  # JSON lines saved as .json, as datasets' to_json writes them
+            yield from read_jsonl(path)
+            return
+    if isinstance(data, dict):  # column-oriented: {"text": [...]}
+        if not isinstance(data.get("text"), list):
+            fail(f"'{path}' has no 'text' column")
+        yield from batches(data["text"])
+    elif isinstance(data, list):
+        yield from batches(record_text(record, path) for record in data)
+    else:
+        fail(f"'{path}' holds no records: expected a list of objects with a 'text' field")
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        yield from batches(record_text(json.loads(line), path) for line in f if line.strip())
+
+
+def read_parquet(path):
+    import pyarrow.parquet as pq
+    parquet = pq.ParquetFile(path)
+    if "text" not in parquet.schema_arrow.names:
+        fail(f"'{path}' has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})")
+    for batch in parquet.iter_batches(batch_size=2000, columns=["text"]):
+        yield batch.column("text").to_pylist()
+
+
+def read_files(files):
+    readers = {".txt": read_txt, ".json": read_json, ".jsonl": read_jsonl, ".parquet": read_parquet}
+    for path in files:
+        yield from readers[os.path.splitext(path)[1]](path)
+
+
+def read_hf(split):
+    """The real download path: a Hugging Face dataset split's text column, in batches."""
+    import datasets
+    try:
+        ds = datasets.load_dataset(dataset, split=split)
+    except Exception as e:  # offline, unknown name: say what to do instead of a long traceback
+        fail(f"could not load dataset '{dataset}' split '{split}' ({type(e).__name__}: {str(e)[:200]}). "
+             "Offline? Pass local files with --input=PATH")
+    for batch in ds.iter(batch_size=2000):
+        yield batch["text"]
+
+
+def plan():
+    """(batches of stories, val_fraction) for each source: 0 sends all to train, 1 all to val."""
+    if not input:
+        return [(read_hf("train"), 0.0), (read_hf("validation"), 1.0)]
+    if val_input:
+        return [(read_files(expand_inputs(input)), 0.0), (read_files(expand_inputs(val_input)), 1.0)]
+    return [(read_files(expand_inputs(input)), val_fraction)]
+
+
+def numbered(plan):
+    """Jobs (stories, index of the first story in its source, val_fraction) in order."""
+    for source, fraction in plan:
+        first = 0
+        for stories in source:
+            yield stories, first, fraction
+            first += len(stories)
+
+
+def split_stories(stories, first, fraction):
+    """(train, val) stories; story i of a source goes to val when floor((i+1)*f) > floor(i*f)."""
+    train, val = [], []
+    for i, story in enumerate(stories, first):
+        (val if int((i + 1) * fraction) > int(i * fraction) else train).append(story)
+    return train, val
+
+
+_encoding = None
+
+
+def init_worker(spec):
+    global _encoding
+    _encoding = tokenizer.load_tokenizer(spec)
+
+
+def encode_job(stories, first, fraction):
+    """Per split: the token stream (each story then <|endoftext|>), and its stories, tokens and bytes."""
+    out = []
+    for part in split_stories(stories, first, fraction):
+        text = "".join(story + tokenizer.EOT for story in part)
+        ids = _encoding.encode_to_numpy(text, allowed_special={tokenizer.EOT}).astype(np.uint16)
+        out.append((ids, len(part), len(text.encode("utf-8")) - len(part) * len(tokenizer.EOT)))
+    return out
+
+
+def count_job(stories, first, fraction):
+    return tokenizer.count_pretokens(split_stories(stories, first, fraction)[0])
+
+
+def run_ordered(pool, fn, jobs, window):
+    """pool.imap without its unbounded read-ahead: at most `window` jobs in memory at once."""
+    pending = deque()
+    for job in jobs:
+        pending.append(pool.apply_async(fn, job))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def train_tokenizer():
+    with Pool(num_proc) as pool:
+        counts = Counter()
+        for part in tqdm(run_ordered(pool, count_job, numbered(plan()), 2 * num_proc),
+                         desc="counting pre-tokens", unit=" jobs"):
+            counts.update(part)
+    if not counts:
+        fail("the corpus is empty: no training stories found")
+    print(f"training a {vocab_size}-id BPE on {len(counts):,} distinct pre-tokens...")
+    ranks = tokenizer.train_bpe(counts, vocab_size)
+    if len(ranks) + 1 < vocab_size:
+        print(f"warning: the corpus allows only {len(ranks) + 1} ids, fewer than vocab_size={vocab_size}")
+    return {"kind": "bpe", "ranks": tokenizer.ranks_to_text(ranks)}
+
+
+def write_splits(spec):
+    """Streams the token ids into OUT_DIR/{train,val}.bin.tmp; returns each split's counts."""
+    stats = {split: {"stories": 0, "tokens": 0, "bytes": 0} for split in ("train", "val")}
+    files = {split: open(os.path.join(out_dir, f"{split}.bin.tmp"), "wb") for split in stats}
+    with Pool(num_proc, initializer=init_worker, initargs=(spec,)) as pool, \
+            tqdm(desc="tokenizing", unit="B", unit_scale=True) as progress:
+        for result in run_ordered(pool, encode_job, numbered(plan()), 2 * num_proc):
+            for split, (ids, n_stories, n_bytes) in zip(stats, result):
+                files[split].write(ids.tobytes())
+                stats[split]["stories"] += n_stories
+                stats[split]["tokens"] += len(ids)
+                stats[split]["bytes"] += n_bytes
+                progress.update(n_bytes)
+    for f in files.values():
+        f.close()
+    return stats
+
+
+def main():
+    if not 0 < val_fraction < 1:
+        fail(f"--val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+    if vocab_size != 0 and not 257 <= vocab_size <= tokenizer.MAX_VOCAB:
+        fail(f"--vocab_size={vocab_size} is out of range: use 0 for GPT-2's tokenizer, or 257 to "
+             f"{tokenizer.MAX_VOCAB} (256 bytes plus <|endoftext|>; ids are stored as uint16)")
+    if num_proc < 1:
+        fail(f"--num_proc={num_proc} must be at least 1")
+    if input:
+        expand_inputs(input)
+        expand_inputs(val_input)
+    os.makedirs(out_dir, exist_ok=True)
+    outputs = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
+    try:
+        spec = train_tokenizer() if vocab_size else {"kind": "gpt2"}
+        encoding = tokenizer.load_tokenizer(spec)
+        stats = write_splits(spec)
+        for split, counts in stats.items():
+            if counts["stories"] == 0:
+                hint = "use more stories or a larger --val_fraction" if split == "val" and input and not val_input \
+                    else "check the input files"
+                fail(f"the {split} split is empty: no stories found ({hint})")
+        meta = {"tokenizer": spec, "vocab_size": encoding.n_vocab, "eot_id": encoding.eot_token,
+                "dtype": "uint16", **stats}
+        with open(outputs[2] + ".tmp", "w") as f:
+            json.dump(meta, f, indent=1)
+        for path in outputs:
+            os.replace(path + ".tmp", path)
+    finally:
+        for path in outputs:
+            if os.path.exists(path + ".tmp"):
+                os.remove(path + ".tmp")
+    for split in ("train", "val"):
+        s = stats[split]
+        print(f"{split}: {s['stories']:,} stories, {s['tokens']:,} tokens, {s['bytes']:,} bytes "
+              f"({s['bytes'] / s['tokens']:.2f} bytes/token) -> {os.path.join(out_dir, split + '.bin')}")
+    print(f"tokenizer: {spec['kind']}, vocab_size {encoding.n_vocab}, end-of-text id {encoding.eot_token}")
+
+
+if __name__ == "__main__":
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
+    try:
+        main()
+    except tokenizer.TokenizerError as e:
+        fail(str(e))
