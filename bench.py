@@ -60,5 +60,41 @@ def bench_prepare():
         print(f"prepare.py reaches {ceiling / prep:.0%} of the ceiling")
 
 
+def bench_decode():
+    import torch
+    from model import Llama, ModelConfig
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(dim=288, n_layers=6, n_heads=6, vocab_size=32000, tie_embeddings=True,
+                              max_seq_len=512)).eval()
+    prompt = torch.randint(0, 32000, (1, 16))
+    new_tokens = 256
+
+    def tokens_per_s(**kwargs):
+        model.generate(prompt, 16, **kwargs)  # warm-up
+        start = time.perf_counter()
+        model.generate(prompt, new_tokens, **kwargs)
+        return new_tokens / (time.perf_counter() - start)
+
+    cached, recompute = tokens_per_s(use_cache=True), tokens_per_s(use_cache=False)
+    # the floor: every weight read once per token, at the bandwidth of one large matrix-vector product
+    matrix, vector = torch.randn(8192, 8192), torch.randn(8192)
+    for _ in range(3):
+        matrix @ vector
+    start = time.perf_counter()
+    for _ in range(20):
+        matrix @ vector
+    bandwidth = 20 * matrix.numel() * 4 / (time.perf_counter() - start)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    floor = weight_bytes / bandwidth
+    print(f"llama2.c 15M shape ({model.num_params() / 1e6:.1f}M params, fp32, eager), batch 1, 16-token prompt, "
+          f"{new_tokens} new tokens, {torch.get_num_threads()} threads")
+    print(f"{'what':<40} {'ms/token':>9} {'tokens/s':>9}")
+    print(f"{'KV cache (prefill + decode steps)':<40} {1e3 / cached:9.2f} {cached:9.0f}")
+    print(f"{'full recompute every step (nanoGPT)':<40} {1e3 / recompute:9.2f} {recompute:9.0f}")
+    print(f"{'floor: %.0f MB of weights at %.1f GB/s' % (weight_bytes / 1e6, bandwidth / 1e9):<40} "
+          f"{1e3 * floor:9.2f} {1 / floor:9.0f}")
+    print(f"KV cache: {cached / recompute:.1f}x recompute, {cached * floor:.0%} of the floor's speed")
+
+
 if __name__ == "__main__":
-    {"prepare": bench_prepare}[what]()
+    {"prepare": bench_prepare, "decode": bench_decode}[what]()
