@@ -1,0 +1,14 @@
+# llama2.c's 42M shape (stories42M): dim 512, 8 layers, 8 heads, context 1024, tied embeddings.
+# 41.7M parameters with llama2.c's 32000-id vocabulary; 51.0M with GPT-2's 50257.
+out_dir = "out/llama2c_42m"
+dim = 512
+n_layers = 8
+n_heads = 8
+block_size = 1024
+tie_embeddings = True
+batch_size = 32
+gradient_accumulation_steps = 4  # 131K tokens per step
+learning_rate = 5e-4
+max_iters = 100000
+warmup_iters = 1000
+weight_decay = 0.1
