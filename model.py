@@ -5,6 +5,7 @@ uses the same "rotate half" convention, so exporting to transformers is a pure r
 """
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -101,10 +102,11 @@ def causal_attention(q, k, v, backend="auto"):
         except (ImportError, RuntimeError, TypeError, ValueError, NotImplementedError) as e:
             if backend != "auto":
                 raise
-            print(f"attention: {name} unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
+            print(f"attention: {name} unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})",
+                  file=sys.stderr)
             continue
         _chosen[key] = name
-        print(f"attention backend: {name} ({q.device.type}, {str(q.dtype).replace('torch.', '')})")
+        print(f"attention backend: {name} ({q.device.type}, {str(q.dtype).replace('torch.', '')})", file=sys.stderr)
         return out
 
 

@@ -1,5 +1,5 @@
 # A tiny model that trains in under a minute on 2 CPU cores: checks the whole pipeline end to end.
-# 0.72M parameters with a 4096-id vocabulary (prepare.py --vocab_size=4096); 6.63M with GPT-2's 50257.
+# 0.46M parameters with a 4096-id vocabulary (prepare.py --vocab_size=4096); 3.41M with GPT-2's 50257.
 out_dir = "out/smoke"
 data_dir = "data/ts4k"  # python prepare.py --vocab_size=4096 --out_dir=data/ts4k [--input=...]
 dim = 64

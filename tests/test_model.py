@@ -123,9 +123,9 @@ def test_sdpa_runs_on_cpu_when_no_flash_package_is_installed(capsys, monkeypatch
     monkeypatch.setattr(M, "_chosen", {})
     q = torch.randn(1, 4, 2, 8)
     M.causal_attention(q, q, q)
-    assert "attention backend: sdpa (cpu, float32)" in capsys.readouterr().out
+    assert "attention backend: sdpa (cpu, float32)" in capsys.readouterr().err
     M.causal_attention(q, q, q)
-    assert capsys.readouterr().out == ""  # logged once
+    assert capsys.readouterr().err == ""  # logged once
 
 
 def test_an_explicit_backend_that_cannot_run_raises():

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+import tokenizer
+from conftest import assert_clean_error, make_stories, run_script, write_txt
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """prepare.py -> train.py through the real command lines: a tiny model on its own 300-id BPE."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    prep = run_script("prepare.py", f"--input={write_txt(tmp / 'stories.txt', make_stories(300))}",
+                      "--vocab_size=300", f"--out_dir={tmp / 'data'}")
+    assert prep.returncode == 0, prep.stderr
+    train = run_script("train.py", "config/train_smoke.py", f"--data_dir={tmp / 'data'}", f"--out_dir={tmp / 'out'}",
+                       "--block_size=64", "--max_iters=40", "--eval_interval=20", "--log_interval=10")
+    assert train.returncode == 0, train.stderr
+    assert "iter 40: val loss" in train.stdout
+    return tmp / "out"
+
+
+def sample(out_dir, *args):
+    return run_script("sample.py", f"--out_dir={out_dir}", "--max_new_tokens=40", *args)
+
+
+@pytest.mark.slow
+def test_end_to_end_prepare_train_sample_prints_stories(trained):
+    result = sample(trained, "--start=Once upon a time", "--num_samples=2")
+    assert result.returncode == 0, result.stderr
+    stories = result.stdout.split("\n" + "-" * 72 + "\n")
+    assert len(stories) == 2
+    for story in stories:
+        assert story.startswith("Once upon a time") and len(story) > len("Once upon a time") + 10
+    assert "<|endoftext|>" not in result.stdout
+
+
+def test_same_seed_same_text_and_another_seed_another(trained):
+    first, again, other = (sample(trained, f"--seed={s}", "--temperature=1.0").stdout for s in (3, 3, 4))
+    assert first == again
+    assert first != other
+
+
+def test_streaming_prints_the_same_text(trained):
+    assert sample(trained, "--stream=True").stdout == sample(trained, "--stream=False").stdout
+
+
+def test_greedy_output_is_the_models_greedy_generation(trained):
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    ckpt = load_checkpoint(str(trained / "ckpt.pt"))
+    model, enc = model_from_checkpoint(ckpt).eval(), tokenizer.load_tokenizer(ckpt["tokenizer"])
+    prompt = [enc.eot_token] + enc.encode_ordinary("Lily and Max")
+    ids = model.generate(torch.tensor([prompt]), 40, temperature=0, eos_id=enc.eot_token)[0, len(prompt):].tolist()
+    if enc.eot_token in ids:
+        ids = ids[:ids.index(enc.eot_token)]
+    result = sample(trained, "--start=Lily and Max", "--temperature=0", "--repetition_penalty=1.0")
+    assert result.stdout == "Lily and Max" + enc.decode(ids) + "\n"
+
+
+def test_prompt_from_a_file_and_an_empty_prompt(trained, tmp_path):
+    (tmp_path / "prompt.txt").write_text("The dog")
+    assert sample(trained, f"--start=FILE:{tmp_path / 'prompt.txt'}").stdout.startswith("The dog")
+    empty = sample(trained, "--start=")
+    assert empty.returncode == 0 and empty.stdout.strip()
+
+
+def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
+    result = sample(trained, "--start=" + "Lily and Max play. " * 40)
+    assert result.returncode == 0, result.stderr
+    assert "warning: the prompt has" in result.stderr and "keeping its last 63" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature=-0.5"], "--temperature"), (["--top_p=0"], "--top_p"), (["--top_p=1.5"], "--top_p"),
+    (["--top_k=-1"], "--top_k"), (["--repetition_penalty=0"], "--repetition_penalty"),
+    (["--start=FILE:/nonexistent/prompt.txt"], "prompt file"), (["--temprature=1"], "unknown key 'temprature'"),
+])
+def test_bad_options_fail_with_one_line(trained, args, message):
+    assert_clean_error(sample(trained, *args), message)
+
+
+def test_missing_and_foreign_checkpoints_fail_with_one_line(tmp_path):
+    assert_clean_error(sample(tmp_path), "no checkpoint")
+    torch.save({"model": {}, "model_args": {}}, tmp_path / "ckpt.pt")  # say, a nanoGPT checkpoint
+    assert_clean_error(sample(tmp_path), "unknown checkpoint format")
