@@ -3,6 +3,7 @@
   python sample.py --out_dir=out/smoke
   python sample.py --out_dir=out/smoke --start="Once upon a time" --num_samples=3 --temperature=0
   python sample.py --out_dir=out/smoke --start=FILE:prompt.txt --top_k=40 --seed=7
+  python sample.py --hf_dir=hf/smoke                  # a Hugging Face Llama directory
 
 The model and its tokenizer both come from the checkpoint, so a model trained on its own vocabulary
 decodes with it. Every prompt is preceded by <|endoftext|>, as every story in the training data is;
@@ -16,9 +17,11 @@ import torch
 
 import tokenizer
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from export import HFError, load_hf
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # reads out_dir/ckpt.pt
+hf_dir = ""  # or a local Hugging Face Llama directory instead
 start = ""  # the prompt, or FILE:path to read it from a file
 num_samples = 1
 max_new_tokens = 256
@@ -61,12 +64,15 @@ if not dtype:
     dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
 
 try:
-    checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-    model = model_from_checkpoint(checkpoint)
-    enc = tokenizer.load_tokenizer(checkpoint["tokenizer"])
-except (CheckpointError, tokenizer.TokenizerError) as e:
+    if hf_dir:
+        model, spec = load_hf(hf_dir)
+    else:
+        checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+        model, spec = model_from_checkpoint(checkpoint), checkpoint["tokenizer"]
+        del checkpoint
+    enc = tokenizer.load_tokenizer(spec)
+except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
     fail(str(e))
-del checkpoint
 model.to(device=device, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
 model.eval()
 if compile:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import tokenizer
 from checkpoint import CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint
 from model import Llama, ModelConfig
 
@@ -28,7 +29,7 @@ from model import Llama, ModelConfig
 # data and output
 out_dir = "out"
 data_dir = "data/tinystories"
-init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt) or 'hf:PATH' (a local HF Llama directory)
 eval_interval = 250
 eval_iters = 20  # batches in the fixed validation set
 log_interval = 10
@@ -174,35 +175,52 @@ def get_lr(it):
     return min_lr + (learning_rate - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-# model and optimizer, from scratch or from out_dir/ckpt.pt
+
+
+def check_vocabulary(source, spec, vocab_size):
+    if spec != meta["tokenizer"] or vocab_size != meta["vocab_size"]:
+        fail(f"vocabulary mismatch: {source} uses a {vocab_size}-id {spec['kind']} tokenizer, but {data_dir} holds "
+             f"{meta['vocab_size']}-id {meta['tokenizer']['kind']} tokens; prepare the data with the same tokenizer")
+
+
+# model and optimizer: from scratch, from out_dir/ckpt.pt, or from a Hugging Face directory
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
-iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+iter_num, best_val_loss, checkpoint, init_weights = 0, float("inf"), None, None
 if init_from == "resume":
     try:
         checkpoint = load_checkpoint(ckpt_path, map_location=device)
     except CheckpointError as e:
         fail(str(e))
-    if checkpoint["tokenizer"] != meta["tokenizer"] or checkpoint["model_args"]["vocab_size"] != meta["vocab_size"]:
-        fail(f"vocabulary mismatch: {ckpt_path} was trained on a {checkpoint['model_args']['vocab_size']}-id "
-             f"{checkpoint['tokenizer']['kind']} tokenizer, but {data_dir} holds {meta['vocab_size']}-id "
-             f"{meta['tokenizer']['kind']} tokens; prepare the data with the same tokenizer")
+    check_vocabulary(ckpt_path, checkpoint["tokenizer"], checkpoint["model_args"]["vocab_size"])
     model_config = ModelConfig(**checkpoint["model_args"])
-    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    iter_num, best_val_loss, init_weights = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["model"]
+elif init_from.startswith("hf:"):
+    from export import HFError, load_hf
+    try:
+        hf_model, hf_tokenizer = load_hf(init_from[3:])
+    except (HFError, tokenizer.TokenizerError) as e:
+        fail(str(e))
+    check_vocabulary(init_from[3:], hf_tokenizer, hf_model.config.vocab_size)
+    model_config, init_weights = hf_model.config, hf_model.state_dict()
+    model_config.dropout, model_config.attn_backend = dropout, attn_backend
+    del hf_model
 elif init_from == "scratch":
     model_config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                                vocab_size=meta["vocab_size"], hidden_dim=hidden_dim, multiple_of=multiple_of,
                                rope_theta=rope_theta, max_seq_len=max_seq_len or block_size, dropout=dropout,
                                tie_embeddings=tie_embeddings, attn_backend=attn_backend)
 else:
-    fail(f"--init_from={init_from}: use scratch or resume")
+    fail(f"--init_from={init_from}: use scratch, resume or hf:PATH")
 if block_size > model_config.max_seq_len:
     fail(f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}")
 torch.manual_seed(seed)  # the same initial weights on every rank
 raw_model = Llama(model_config).to(device)
 optimizer = raw_model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+if init_weights is not None:
+    raw_model.load_state_dict(clean_state_dict(init_weights))
+    del init_weights
 if checkpoint is not None:
-    raw_model.load_state_dict(clean_state_dict(checkpoint["model"]))
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint["rng"][rank] if rank < len(checkpoint["rng"]) else None
