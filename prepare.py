@@ -236,6 +236,7 @@ def main():
     if input:
         expand_inputs(input)
         expand_inputs(val_input)
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     outputs = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
     try:
@@ -257,6 +258,8 @@ def main():
         for path in outputs:
             if os.path.exists(path + ".tmp"):
                 os.remove(path + ".tmp")
+        if created and not os.listdir(out_dir):  # a failed first run leaves nothing behind
+            os.rmdir(out_dir)
     for split in ("train", "val"):
         s = stats[split]
         print(f"{split}: {s['stories']:,} stories, {s['tokens']:,} tokens, {s['bytes']:,} bytes "

@@ -184,6 +184,13 @@ def bad_input(tmp_path, case):
         return [f"--input={tmp_path / 'good.txt'}", "--vocab_size=big"], "takes a int"
 
 
+def test_a_failed_first_run_leaves_no_directory(tmp_path):
+    write_txt(tmp_path / "empty.txt", [])
+    assert_clean_error(run_script("prepare.py", f"--input={tmp_path / 'empty.txt'}", f"--out_dir={tmp_path / 'new'}"),
+                       "empty")
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("case", ["missing file", "unsupported extension", "json without text", "parquet without text",
                                   "empty corpus", "empty val split", "val_fraction 0", "val_fraction 1.5",
                                   "unknown key", "vocab_size 256", "vocab_size 65536", "wrong type"])
