@@ -96,11 +96,12 @@ def causal_attention(q, k, v, backend="auto"):
     key = (backend, q.device.type, q.dtype)
     if key in _chosen:
         return ATTENTION_BACKENDS[_chosen[key]](q, k, v)
-    for name in _candidates(backend, q):
+    candidates = _candidates(backend, q)
+    for name in candidates:
         try:
             out = ATTENTION_BACKENDS[name](q, k, v)
         except (ImportError, RuntimeError, TypeError, ValueError, NotImplementedError) as e:
-            if backend != "auto":
+            if name == candidates[-1]:  # an explicit choice, or SDPA itself, failed: nothing left to try
                 raise
             print(f"attention: {name} unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})",
                   file=sys.stderr)

@@ -128,6 +128,19 @@ def test_sdpa_runs_on_cpu_when_no_flash_package_is_installed(capsys, monkeypatch
     assert capsys.readouterr().err == ""  # logged once
 
 
+def test_a_flash_kernel_that_fails_falls_through_to_sdpa(capsys, monkeypatch):
+    def refuses(q, k, v):
+        raise RuntimeError("FlashAttention only supports Ampere GPUs or newer")
+    monkeypatch.setattr(M, "_chosen", {})
+    monkeypatch.setattr(M, "_candidates", lambda requested, q: ["fa2", "sdpa"])
+    monkeypatch.setitem(M.ATTENTION_BACKENDS, "fa2", refuses)
+    q = torch.randn(1, 4, 2, 8)
+    torch.testing.assert_close(M.causal_attention(q, q, q), M._math(q, q, q))
+    err = capsys.readouterr().err
+    assert "attention: fa2 unavailable (RuntimeError: FlashAttention only supports" in err
+    assert "attention backend: sdpa" in err
+
+
 def test_an_explicit_backend_that_cannot_run_raises():
     q = torch.randn(1, 4, 2, 8)
     with pytest.raises(Exception):
