@@ -94,21 +94,25 @@ def causal_attention(q, k, v, backend="auto"):
     if backend == "auto":
         backend = os.environ.get("LLAMA_ATTN_BACKEND", "auto")
     key = (backend, q.device.type, q.dtype)
-    if key in _chosen:
-        return ATTENTION_BACKENDS[_chosen[key]](q, k, v)
+    if key not in _chosen:
+        _chosen[key] = _choose_backend(backend, q, k, v)
+    return ATTENTION_BACKENDS[_chosen[key]](q, k, v)
+
+
+@torch.compiler.disable  # imports and probes run once, eagerly, outside torch.compile's graph
+def _choose_backend(backend, q, k, v):
     candidates = _candidates(backend, q)
     for name in candidates:
         try:
-            out = ATTENTION_BACKENDS[name](q, k, v)
+            ATTENTION_BACKENDS[name](q, k, v)
         except (ImportError, RuntimeError, TypeError, ValueError, NotImplementedError) as e:
             if name == candidates[-1]:  # an explicit choice, or SDPA itself, failed: nothing left to try
                 raise
             print(f"attention: {name} unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})",
                   file=sys.stderr)
             continue
-        _chosen[key] = name
         print(f"attention backend: {name} ({q.device.type}, {str(q.dtype).replace('torch.', '')})", file=sys.stderr)
-        return out
+        return name
 
 
 # ----------------------------------------------------------------------------- blocks
