@@ -13,6 +13,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def auto_device():
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+
+
 @dataclass
 class ModelConfig:
     dim: int = 288

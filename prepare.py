@@ -31,7 +31,8 @@ out_dir = "data/tinystories"
 vocab_size = 0  # 0: GPT-2's tokenizer; N: train a byte-level BPE with N ids on the train split
 num_proc = os.cpu_count()
 # -----------------------------------------------------------------------------
-BATCH_BYTES = 2 << 20  # text per job sent to a worker
+BATCH_BYTES = 2 << 20  # text per job sent to a worker, from .txt files
+BATCH_STORIES = 2000  # stories per job, from the other formats
 EXTENSIONS = (".txt", ".json", ".jsonl", ".parquet")
 
 
@@ -62,7 +63,7 @@ def record_text(record, path):
     fail(f"'{path}' has a record with no 'text' column (nor 'story' field): {str(record)[:80]}")
 
 
-def batches(texts, size=2000):
+def batches(texts, size=BATCH_STORIES):
     batch = []
     for text in texts:
         batch.append(text)
@@ -111,7 +112,7 @@ def read_parquet(path):
     parquet = pq.ParquetFile(path)
     if "text" not in parquet.schema_arrow.names:
         fail(f"'{path}' has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})")
-    for batch in parquet.iter_batches(batch_size=2000, columns=["text"]):
+    for batch in parquet.iter_batches(batch_size=BATCH_STORIES, columns=["text"]):
         yield batch.column("text").to_pylist()
 
 
@@ -129,7 +130,7 @@ def read_hf(split):
     except Exception as e:  # offline, unknown name: say what to do instead of a long traceback
         fail(f"could not load dataset '{dataset}' split '{split}' ({type(e).__name__}: {str(e)[:200]}). "
              "Offline? Pass local files with --input=PATH")
-    for batch in ds.iter(batch_size=2000):
+    for batch in ds.iter(batch_size=BATCH_STORIES):
         yield batch["text"]
 
 

@@ -18,6 +18,7 @@ import torch
 import tokenizer
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from export import HFError, load_hf
+from model import DTYPES, auto_device
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # reads out_dir/ckpt.pt
@@ -59,9 +60,11 @@ if start.startswith("FILE:"):
         fail(f"prompt file '{start[5:]}' not found")
     start = open(start[5:], encoding="utf-8").read()
 if not device:
-    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = auto_device()
 if not dtype:
     dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+if dtype not in DTYPES:
+    fail(f"--dtype={dtype}: use float32, bfloat16 or float16")
 
 try:
     if hf_dir:
@@ -73,7 +76,7 @@ try:
     enc = tokenizer.load_tokenizer(spec)
 except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
     fail(str(e))
-model.to(device=device, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
+model.to(device=device, dtype=DTYPES[dtype])
 model.eval()
 if compile:
     model.forward = torch.compile(model.forward, dynamic=True)

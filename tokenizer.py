@@ -8,6 +8,7 @@ A tokenizer travels as a small JSON-able spec ({"kind": "gpt2"} or {"kind": "bpe
 meta.json and every checkpoint carry, so a model always decodes with the vocabulary it was trained on.
 """
 import base64
+import functools
 import hashlib
 import heapq
 import os
@@ -46,6 +47,7 @@ def gpt2_files():
     return paths
 
 
+@functools.lru_cache(maxsize=None)  # read and hash GPT-2's files once per process
 def gpt2_encoding():
     vocab_bpe, encoder_json = gpt2_files()
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", "")  # local files: nothing to cache

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tokenizer
 from checkpoint import CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint
-from model import Llama, ModelConfig
+from model import DTYPES, Llama, ModelConfig, auto_device
 
 # -----------------------------------------------------------------------------
 # data and output
@@ -83,14 +83,14 @@ ddp = "RANK" in os.environ
 rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
 master = rank == 0
 if not device:
-    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = auto_device()
 if ddp and device.startswith("cuda"):
     device = f"cuda:{local_rank}"
     torch.cuda.set_device(device)
 device_type = device.split(":")[0]
 if not dtype:
     dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
-if dtype not in ("float32", "bfloat16", "float16"):
+if dtype not in DTYPES:
     fail(f"--dtype={dtype}: use float32, bfloat16 or float16")
 if gradient_accumulation_steps % world_size:
     fail(f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} ranks")
@@ -107,8 +107,7 @@ tokens_per_iter = batch_size * block_size * gradient_accumulation_steps
 lr_decay_iters = lr_decay_iters or max_iters
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=ptdtype)
+autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=DTYPES[dtype])
 
 # data: prepare.py's meta.json and uint16 token streams
 for name in ("meta.json", "train.bin", "val.bin"):
