@@ -11,11 +11,13 @@ import sys
 import tempfile
 import time
 
+from configurator import configure
+
 what = "prepare"
 stories = "../shared/tinystories/stories_2500.txt"
 prepare_mb = 200
 compile = False  # decode: also time the decode step under torch.compile (about 25 s of compiling on 2 cores)
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
+configure(globals())
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CEILING = """

@@ -15,6 +15,7 @@ import sys
 import torch
 
 import tokenizer
+from configurator import configure
 from model import Llama, ModelConfig
 
 # -----------------------------------------------------------------------------
@@ -200,5 +201,5 @@ def main():
 
 
 if __name__ == "__main__":
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
+    configure(globals())
     main()

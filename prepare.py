@@ -12,7 +12,6 @@ at the end, so a failed run never replaces good data.
 import glob
 import json
 import os
-import sys
 import zlib
 from collections import Counter, deque
 from multiprocessing import Pool
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tokenizer
+from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
 input = ""  # local files: paths or globs, comma-separated; empty: download `dataset`
@@ -36,8 +36,8 @@ BATCH_STORIES = 2000  # stories per job, from the other formats
 EXTENSIONS = (".txt", ".json", ".jsonl", ".parquet")
 
 
-def fail(message):
-    raise SystemExit(f"error: {message}")
+class PrepareError(Exception):
+    """Bad input or options: main() reports it with one line."""
 
 
 def expand_inputs(spec):
@@ -46,13 +46,13 @@ def expand_inputs(spec):
     for pattern in filter(None, (p.strip() for p in spec.split(","))):
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches:
-            fail(f"no file matches '{pattern}'")
+            raise PrepareError(f"no file matches '{pattern}'")
         files += matches
     for path in files:
         if not os.path.isfile(path):
-            fail(f"input file '{path}' not found")
+            raise PrepareError(f"input file '{path}' not found")
         if not path.endswith(EXTENSIONS):
-            fail(f"'{path}' has an unsupported extension: use {', '.join(EXTENSIONS)}")
+            raise PrepareError(f"'{path}' has an unsupported extension: use {', '.join(EXTENSIONS)}")
     return files
 
 
@@ -60,7 +60,7 @@ def record_text(record, path):
     for field in ("text", "story"):
         if isinstance(record, dict) and isinstance(record.get(field), str):
             return record[field]
-    fail(f"'{path}' has a record with no 'text' column (nor 'story' field): {str(record)[:80]}")
+    raise PrepareError(f"'{path}' has a record with no 'text' column (nor 'story' field): {str(record)[:80]}")
 
 
 def batches(texts, size=BATCH_STORIES):
@@ -94,12 +94,12 @@ def read_json(path):
             return
     if isinstance(data, dict):  # column-oriented: {"text": [...]}
         if not isinstance(data.get("text"), list):
-            fail(f"'{path}' has no 'text' column")
+            raise PrepareError(f"'{path}' has no 'text' column")
         yield from batches(data["text"])
     elif isinstance(data, list):
         yield from batches(record_text(record, path) for record in data)
     else:
-        fail(f"'{path}' holds no records: expected a list of objects with a 'text' field")
+        raise PrepareError(f"'{path}' holds no records: expected a list of objects with a 'text' field")
 
 
 def read_jsonl(path):
@@ -111,7 +111,7 @@ def read_parquet(path):
     import pyarrow.parquet as pq
     parquet = pq.ParquetFile(path)
     if "text" not in parquet.schema_arrow.names:
-        fail(f"'{path}' has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})")
+        raise PrepareError(f"'{path}' has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})")
     for batch in parquet.iter_batches(batch_size=BATCH_STORIES, columns=["text"]):
         yield batch.column("text").to_pylist()
 
@@ -128,8 +128,8 @@ def read_hf(split):
     try:
         ds = datasets.load_dataset(dataset, split=split)
     except Exception as e:  # offline, unknown name: say what to do instead of a long traceback
-        fail(f"could not load dataset '{dataset}' split '{split}' ({type(e).__name__}: {str(e)[:200]}). "
-             "Offline? Pass local files with --input=PATH")
+        raise PrepareError(f"could not load dataset '{dataset}' split '{split}' "
+                           f"({type(e).__name__}: {str(e)[:200]}). Offline? Pass local files with --input=PATH")
     for batch in ds.iter(batch_size=BATCH_STORIES):
         yield batch["text"]
 
@@ -200,7 +200,7 @@ def train_tokenizer():
                          desc="counting pre-tokens", unit=" jobs"):
             counts.update(part)
     if not counts:
-        fail("the corpus is empty: no training stories found")
+        raise PrepareError("the corpus is empty: no training stories found")
     print(f"training a {vocab_size}-id BPE on {len(counts):,} distinct pre-tokens...")
     ranks = tokenizer.train_bpe(counts, vocab_size)
     if len(ranks) + 1 < vocab_size:
@@ -226,14 +226,14 @@ def write_splits(spec):
     return stats
 
 
-def main():
+def prepare_dataset():
     if not 0 < val_fraction < 1:
-        fail(f"--val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+        raise PrepareError(f"--val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
     if vocab_size != 0 and not 257 <= vocab_size <= tokenizer.MAX_VOCAB:
-        fail(f"--vocab_size={vocab_size} is out of range: use 0 for GPT-2's tokenizer, or 257 to "
-             f"{tokenizer.MAX_VOCAB} (256 bytes plus <|endoftext|>; ids are stored as uint16)")
+        raise PrepareError(f"--vocab_size={vocab_size} is out of range: use 0 for GPT-2's tokenizer, or 257 to "
+                           f"{tokenizer.MAX_VOCAB} (256 bytes plus <|endoftext|>; ids are stored as uint16)")
     if num_proc < 1:
-        fail(f"--num_proc={num_proc} must be at least 1")
+        raise PrepareError(f"--num_proc={num_proc} must be at least 1")
     if input:
         expand_inputs(input)
         expand_inputs(val_input)
@@ -248,7 +248,7 @@ def main():
             if counts["stories"] == 0:
                 hint = "use more stories or a larger --val_fraction" if split == "val" and input and not val_input \
                     else "check the input files"
-                fail(f"the {split} split is empty: no stories found ({hint})")
+                raise PrepareError(f"the {split} split is empty: no stories found ({hint})")
         meta = {"tokenizer": spec, "vocab_size": encoding.n_vocab, "eot_id": encoding.eot_token,
                 "dtype": "uint16", **stats}
         with open(outputs[2] + ".tmp", "w") as f:
@@ -268,9 +268,14 @@ def main():
     print(f"tokenizer: {spec['kind']}, vocab_size {encoding.n_vocab}, end-of-text id {encoding.eot_token}")
 
 
-if __name__ == "__main__":
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
+def main(argv=None):
+    """The command line: options, then the dataset; a mistake ends in one line, after the progress bars close."""
+    configure(globals(), argv)
     try:
-        main()
-    except tokenizer.TokenizerError as e:
+        prepare_dataset()
+    except (PrepareError, tokenizer.TokenizerError) as e:
         fail(str(e))
+
+
+if __name__ == "__main__":
+    main()

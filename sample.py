@@ -17,6 +17,7 @@ import torch
 
 import tokenizer
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from configurator import configure, fail
 from export import HFError, load_hf
 from model import DTYPES, auto_device
 
@@ -36,13 +37,8 @@ dtype = ""  # '' picks bfloat16 on CUDA where supported, else float32
 compile = False
 stream = True  # print tokens as they come
 # -----------------------------------------------------------------------------
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
+configure(globals())
 # -----------------------------------------------------------------------------
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 if temperature < 0:

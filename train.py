@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tokenizer
 from checkpoint import CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint
+from configurator import configure, fail
 from model import DTYPES, Llama, ModelConfig, auto_device
 
 # -----------------------------------------------------------------------------
@@ -68,14 +69,8 @@ dtype = ""  # '' picks bfloat16 where supported, else float16 (with a GradScaler
 compile = torch.cuda.is_available()  # torch.compile: on by default on CUDA only
 seed = 1337
 # -----------------------------------------------------------------------------
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
-config = {k: v for k, v in globals().items() if k in _config_known}  # noqa: F821 (set by configurator)
+config = configure(globals())
 # -----------------------------------------------------------------------------
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 # distributed setup: torchrun sets RANK; nccl on CUDA, gloo on CPU so it also runs on a laptop

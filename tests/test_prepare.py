@@ -125,7 +125,7 @@ def test_download_path_reads_the_hf_train_and_validation_splits(tmp_path, storie
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(prepare_module, "out_dir", str(tmp_path / "hf"))
     monkeypatch.setattr(prepare_module, "num_proc", 1)
-    prepare_module.main()
+    prepare_module.main([])
     assert asked == [("roneneldan/TinyStories", "train"), ("roneneldan/TinyStories", "validation")]
     prepare(f"--input={write_txt(tmp_path / 't.txt', stories[:150])}", f"--val_input={write_txt(tmp_path / 'v.txt', stories[150:])}",
             f"--out_dir={tmp_path / 'local'}")

@@ -167,28 +167,6 @@ def test_ddp_two_ranks_equal_one_rank_with_double_accumulation(data_dir, tmp_pat
     assert list(train_losses(tmp_path / "two")) == list(range(1, 9))
 
 
-def test_configurator_errors(data_dir, tmp_path):
-    assert_clean_error(run_script("train.py", "--learnig_rate=1e-3"), "unknown key 'learnig_rate'", "--learning_rate")
-    assert_clean_error(run_script("train.py", "--batch_size=big"), "takes a int")
-    assert_clean_error(run_script("train.py", "--compile=maybe"), "takes a bool")
-    assert_clean_error(run_script("train.py", "config/nope.py"), "config file 'config/nope.py' not found")
-    assert_clean_error(run_script("train.py", "--batch_size"), "write it as --key=value")
-    bad = tmp_path / "bad.py"
-    bad.write_text("import math\nbatch_sise = 4\n")
-    assert_clean_error(run_script("train.py", str(bad)), "unknown key 'batch_sise'", "--batch_size")
-    bad.write_text("batch_size = 'four'\n")
-    assert_clean_error(run_script("train.py", str(bad)), "takes a int")
-
-
-def test_config_file_and_overrides_apply_in_order(data_dir, tmp_path):
-    cfg = tmp_path / "cfg.py"
-    cfg.write_text("import math\nmax_iters = 2\nlearning_rate = 1e-3\nn_layers = 3\n")
-    train(data_dir, tmp_path, str(cfg), "--learning_rate=2", "--eval_interval=2")
-    config = load_checkpoint(str(tmp_path / "ckpt.pt"))["config"]
-    assert config["max_iters"] == 2 and config["n_layers"] == 3
-    assert config["learning_rate"] == 2.0 and isinstance(config["learning_rate"], float)
-
-
 def bad_train_input(case, data_dir, tmp_path):
     if case == "missing data_dir":
         return [f"--data_dir={tmp_path / 'nope'}"], "has no meta.json"
