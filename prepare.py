@@ -9,10 +9,10 @@ lines, the official layout), .json / .jsonl / .parquet with a `text` column, or 
 TinyStories_all_data.tar.gz (a `story` field). Outputs are written under temporary names and renamed
 at the end, so a failed run never replaces good data.
 """
+import codecs
 import glob
 import json
 import os
-import zlib
 from collections import Counter, deque
 from multiprocessing import Pool
 
@@ -49,6 +49,8 @@ def expand_inputs(spec):
             raise PrepareError(f"no file matches '{pattern}'")
         files += matches
     for path in files:
+        if os.path.isdir(path):
+            raise PrepareError(f"input '{path}' is a directory: name its files, e.g. --input='{path}/*.txt'")
         if not os.path.isfile(path):
             raise PrepareError(f"input file '{path}' not found")
         if not path.endswith(EXTENSIONS):
@@ -89,37 +91,82 @@ def read_json(path):
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError:  # JSON lines saved as .json, as datasets' to_json writes them
-            yield from read_jsonl(path)
-            return
+        except json.JSONDecodeError as e:
+            if e.msg == "Extra data":  # JSON lines saved as .json, as datasets' to_json writes them
+                yield from read_jsonl(path)
+                return
+            raise PrepareError(f"'{path}' is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
     if isinstance(data, dict):  # column-oriented: {"text": [...]}
-        if not isinstance(data.get("text"), list):
-            raise PrepareError(f"'{path}' has no 'text' column")
-        yield from batches(data["text"])
+        texts = data.get("text")
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            raise PrepareError(f"'{path}' has no 'text' column of strings")
+        yield from batches(texts)
     elif isinstance(data, list):
         yield from batches(record_text(record, path) for record in data)
     else:
         raise PrepareError(f"'{path}' holds no records: expected a list of objects with a 'text' field")
 
 
-def read_jsonl(path):
+def jsonl_records(path):
     with open(path, encoding="utf-8") as f:
-        yield from batches(record_text(json.loads(line), path) for line in f if line.strip())
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PrepareError(f"'{path}' line {number} is not valid JSON: {e.msg} at column {e.colno}")
+
+
+def read_jsonl(path):
+    yield from batches(record_text(record, path) for record in jsonl_records(path))
 
 
 def read_parquet(path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    parquet = pq.ParquetFile(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except pa.ArrowException as e:
+        raise PrepareError(f"'{path}' is not a readable parquet file ({e})")
     if "text" not in parquet.schema_arrow.names:
         raise PrepareError(f"'{path}' has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})")
+    text_type = parquet.schema_arrow.field("text").type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+        raise PrepareError(f"'{path}' has a 'text' column of {text_type}, not of strings")
     for batch in parquet.iter_batches(batch_size=BATCH_STORIES, columns=["text"]):
+        if batch.column("text").null_count:
+            raise PrepareError(f"'{path}' has a missing (null) 'text' value")
         yield batch.column("text").to_pylist()
+
+
+def first_non_utf8_byte(path):
+    """(byte, offset) where path stops being UTF-8 text, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(BATCH_BYTES)
+            pending = len(decoder.getstate()[0])  # the start of a character split across blocks
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:
+                return e.object[e.start], offset - pending + e.start
+            if not block:
+                return None
+            offset += len(block)
 
 
 def read_files(files):
     readers = {".txt": read_txt, ".json": read_json, ".jsonl": read_jsonl, ".parquet": read_parquet}
     for path in files:
-        yield from readers[os.path.splitext(path)[1]](path)
+        try:
+            yield from readers[os.path.splitext(path)[1]](path)
+        except UnicodeDecodeError:
+            where = first_non_utf8_byte(path)
+            detail = f" (byte 0x{where[0]:02x} at offset {where[1]})" if where else ""
+            raise PrepareError(f"'{path}' is not UTF-8 text{detail}: convert it to UTF-8")
+        except OSError as e:
+            raise PrepareError(f"could not read '{path}': {e.strerror}")
 
 
 def read_hf(split):
@@ -179,7 +226,9 @@ def encode_job(stories, first, fraction):
 
 
 def count_job(stories, first, fraction):
-    return tokenizer.count_pretokens(split_stories(stories, first, fraction)[0])
+    """The pre-token counts of the job's train stories, and how many stories that is."""
+    train = split_stories(stories, first, fraction)[0]
+    return tokenizer.count_pretokens(train), len(train)
 
 
 def run_ordered(pool, fn, jobs, window):
@@ -194,41 +243,49 @@ def run_ordered(pool, fn, jobs, window):
 
 
 def train_tokenizer():
-    with Pool(num_proc) as pool:
-        counts = Counter()
-        for part in tqdm(run_ordered(pool, count_job, numbered(plan()), 2 * num_proc),
-                         desc="counting pre-tokens", unit=" jobs"):
+    counts = Counter()
+    with Pool(num_proc) as pool, tqdm(desc="counting pre-tokens", unit=" stories") as progress:
+        for part, n_stories in run_ordered(pool, count_job, numbered(plan()), 2 * num_proc):
             counts.update(part)
+            progress.update(n_stories)
     if not counts:
         raise PrepareError("the corpus is empty: no training stories found")
     print(f"training a {vocab_size}-id BPE on {len(counts):,} distinct pre-tokens...")
     ranks = tokenizer.train_bpe(counts, vocab_size)
     if len(ranks) + 1 < vocab_size:
         print(f"warning: the corpus allows only {len(ranks) + 1} ids, fewer than vocab_size={vocab_size}")
-    return {"kind": "bpe", "ranks": tokenizer.ranks_to_text(ranks)}
+    return tokenizer.bpe_spec(ranks)
 
 
 def write_splits(spec):
     """Streams the token ids into OUT_DIR/{train,val}.bin.tmp; returns each split's counts."""
     stats = {split: {"stories": 0, "tokens": 0, "bytes": 0} for split in ("train", "val")}
-    files = {split: open(os.path.join(out_dir, f"{split}.bin.tmp"), "wb") for split in stats}
-    with Pool(num_proc, initializer=init_worker, initargs=(spec,)) as pool, \
+    with open(os.path.join(out_dir, "train.bin.tmp"), "wb") as train_file, \
+            open(os.path.join(out_dir, "val.bin.tmp"), "wb") as val_file, \
+            Pool(num_proc, initializer=init_worker, initargs=(spec,)) as pool, \
             tqdm(desc="tokenizing", unit="B", unit_scale=True) as progress:
         for result in run_ordered(pool, encode_job, numbered(plan()), 2 * num_proc):
-            for split, (ids, n_stories, n_bytes) in zip(stats, result):
-                files[split].write(ids.tobytes())
-                stats[split]["stories"] += n_stories
-                stats[split]["tokens"] += len(ids)
-                stats[split]["bytes"] += n_bytes
+            for counts, split_file, (ids, n_stories, n_bytes) in zip(stats.values(), (train_file, val_file), result):
+                split_file.write(ids.tobytes())
+                counts["stories"] += n_stories
+                counts["tokens"] += len(ids)
+                counts["bytes"] += n_bytes
                 progress.update(n_bytes)
-    for f in files.values():
-        f.close()
     return stats
+
+
+def remove_temporary_files(outputs):
+    for path in outputs:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
 
 
 def prepare_dataset():
     if not 0 < val_fraction < 1:
         raise PrepareError(f"--val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+    if val_fraction > 0.5:  # then the train split gets fewer stories than the val split
+        raise PrepareError(f"--val_fraction={val_fraction} holds out more stories than it leaves for training: "
+                           "use a smaller --val_fraction (at most 0.5; the default is 0.05)")
     if vocab_size != 0 and not 257 <= vocab_size <= tokenizer.MAX_VOCAB:
         raise PrepareError(f"--vocab_size={vocab_size} is out of range: use 0 for GPT-2's tokenizer, or 257 to "
                            f"{tokenizer.MAX_VOCAB} (256 bytes plus <|endoftext|>; ids are stored as uint16)")
@@ -237,11 +294,17 @@ def prepare_dataset():
     if input:
         expand_inputs(input)
         expand_inputs(val_input)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PrepareError(f"--out_dir={out_dir} is a file, not a directory: choose another --out_dir")
     created = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    outputs = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
     try:
-        spec = train_tokenizer() if vocab_size else {"kind": "gpt2"}
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise PrepareError(f"cannot create --out_dir={out_dir}: {e.strerror}")
+    outputs = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
+    remove_temporary_files(outputs)  # a killed run's leftovers: free their space before writing
+    try:
+        spec = train_tokenizer() if vocab_size else tokenizer.gpt2_spec()
         encoding = tokenizer.load_tokenizer(spec)
         stats = write_splits(spec)
         for split, counts in stats.items():
@@ -255,17 +318,17 @@ def prepare_dataset():
             json.dump(meta, f, indent=1)
         for path in outputs:
             os.replace(path + ".tmp", path)
+    except OSError as e:  # a full disk: the old files are still there, the new ones are removed below
+        raise PrepareError(f"could not write the dataset to {out_dir}: {e.strerror}; nothing there was replaced")
     finally:
-        for path in outputs:
-            if os.path.exists(path + ".tmp"):
-                os.remove(path + ".tmp")
+        remove_temporary_files(outputs)
         if created and not os.listdir(out_dir):  # a failed first run leaves nothing behind
             os.rmdir(out_dir)
     for split in ("train", "val"):
         s = stats[split]
         print(f"{split}: {s['stories']:,} stories, {s['tokens']:,} tokens, {s['bytes']:,} bytes "
               f"({s['bytes'] / s['tokens']:.2f} bytes/token) -> {os.path.join(out_dir, split + '.bin')}")
-    print(f"tokenizer: {spec['kind']}, vocab_size {encoding.n_vocab}, end-of-text id {encoding.eot_token}")
+    print(f"tokenizer: {tokenizer.spec_kind(spec)}, vocab_size {encoding.n_vocab}, end-of-text id {encoding.eot_token}")
 
 
 def main(argv=None):
