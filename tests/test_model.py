@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import model as M
 from model import Llama, ModelConfig
@@ -13,9 +14,9 @@ def tiny(**overrides):
     return Llama(ModelConfig(**{**cfg, **overrides})).eval()
 
 
-def all_logits(model, idx):
-    """Logits at every position (a forward with targets computes them all)."""
-    return model(idx, targets=torch.zeros_like(idx))[0]
+def all_logits(model, idx, cache=None, pos=0):
+    """Logits at every position."""
+    return model.lm_head(model.hidden(idx, cache, pos)).float()
 
 
 def test_changing_a_token_never_changes_earlier_logits():
@@ -30,37 +31,29 @@ def test_changing_a_token_never_changes_earlier_logits():
         assert not torch.allclose(logits[:, t], base[:, t])
 
 
+def test_forward_without_targets_gives_the_last_positions_logits():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 12))
+    torch.testing.assert_close(model(idx), all_logits(model, idx)[:, -1], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
-def test_prefill_and_decode_logits_equal_the_full_forward(n_kv_heads):
+@pytest.mark.parametrize("chunks", [[24], [10] + [1] * 14, [5, 7, 1, 11], [1, 3, 20]])
+def test_chunks_fed_through_the_cache_at_any_offset_equal_the_full_forward(n_kv_heads, chunks):
+    from generate import new_cache
     model = tiny(n_kv_heads=n_kv_heads)
     idx = torch.randint(0, 97, (3, 24))
     full = all_logits(model, idx)
-    model.setup_cache(3)
-    logits, _ = model(idx[:, :10], start_pos=0)
-    torch.testing.assert_close(logits[:, -1], full[:, 9], rtol=0, atol=1e-5)
-    for t in range(10, 24):
-        logits, _ = model(idx[:, t:t + 1], start_pos=t)
-        torch.testing.assert_close(logits[:, -1], full[:, t], rtol=0, atol=1e-5)
-    model.clear_cache()
+    cache, pos = new_cache(model, 3), 0
+    for size in chunks:  # a prefill, one-token steps, and multi-token chunks at later positions
+        torch.testing.assert_close(all_logits(model, idx[:, pos:pos + size], cache, pos), full[:, pos:pos + size],
+                                   rtol=0, atol=1e-5)
+        pos += size
 
 
-def test_greedy_generation_is_identical_with_and_without_the_cache_even_past_the_context():
-    model = tiny()
-    idx = torch.randint(0, 97, (2, 6))
-    cached = model.generate(idx, 70, temperature=0)  # 76 tokens: the 32-token window slides twice
-    recomputed = model.generate(idx, 70, temperature=0, use_cache=False)
-    assert cached.shape == (2, 76)
-    assert torch.equal(cached, recomputed)
-    assert torch.equal(cached[:, :6], idx)
-
-
-def test_past_the_context_generation_restarts_from_the_last_half_of_the_window():
-    model = tiny()
-    idx = torch.randint(0, 97, (1, 30))
-    out = model.generate(idx, 4, temperature=0)
-    # token 32 still sees the full 32-token window; then the window restarts from its last 16 tokens
-    assert out[0, 32].item() == all_logits(model, out[:, :32])[0, -1].argmax().item()
-    assert out[0, 33].item() == all_logits(model, out[:, 17:33])[0, -1].argmax().item()
+def test_a_sequence_longer_than_the_context_is_refused():
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        tiny()(torch.zeros(1, 33, dtype=torch.long))
 
 
 def test_grouped_query_attention_with_repeated_kv_heads_equals_multi_head_attention():
@@ -68,8 +61,10 @@ def test_grouped_query_attention_with_repeated_kv_heads_equals_multi_head_attent
     state = gqa.state_dict()
     head_dim = 64 // 4
     for name, w in state.items():
-        if name.endswith(("k_proj.weight", "v_proj.weight")):  # each kv head serves 2 query heads
-            state[name] = w.view(2, head_dim, 64).repeat_interleave(2, dim=0).reshape(4 * head_dim, 64)
+        if name.endswith("qkv_proj.weight"):  # each kv head serves 2 query heads
+            q, k, v = w.split([64, 2 * head_dim, 2 * head_dim])
+            k, v = (x.view(2, head_dim, 64).repeat_interleave(2, dim=0).reshape(4 * head_dim, 64) for x in (k, v))
+            state[name] = torch.cat([q, k, v])
     mha.load_state_dict(state)
     idx = torch.randint(0, 97, (2, 16))
     torch.testing.assert_close(all_logits(gqa, idx), all_logits(mha, idx), rtol=0, atol=1e-5)
@@ -141,74 +136,10 @@ def test_a_flash_kernel_that_fails_falls_through_to_sdpa(capsys, monkeypatch):
     assert "attention backend: sdpa" in err
 
 
-def test_an_explicit_backend_that_cannot_run_raises():
+def test_an_explicit_backend_that_cannot_run_raises_one_clear_error():
     q = torch.randn(1, 4, 2, 8)
-    with pytest.raises(Exception):
+    with pytest.raises(M.BackendError, match="attention backend fa4 cannot run on cpu"):
         M.causal_attention(q, q, q, "fa4")  # needs CUDA and flash-attn-4
-
-
-def test_top_k_keeps_exactly_k():
-    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
-    kept = M.top_k_filter(logits, 2).isfinite()
-    assert kept.tolist() == [[False, True, False, True, False]]
-
-
-def test_top_p_keeps_the_smallest_set_reaching_p():
-    probs = torch.tensor([[0.1, 0.5, 0.1, 0.3]])
-    logits = probs.log()
-    assert M.top_p_filter(logits, 0.7).isfinite().tolist() == [[False, True, False, True]]
-    assert M.top_p_filter(logits, 0.5).isfinite().tolist() == [[False, True, False, False]]
-    assert M.top_p_filter(logits, 0.81).isfinite().sum().item() == 3
-    assert M.top_p_filter(logits, 1.0).isfinite().all()
-
-
-def test_repetition_penalty_follows_hf_semantics():
-    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
-    seen = torch.tensor([[True, True, False, False]])
-    assert M.apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0, -1.0]]
-
-
-def test_sampling_only_draws_tokens_the_filters_keep():
-    torch.manual_seed(0)
-    logits = torch.randn(4, 50)
-    seen = torch.zeros(4, 50, dtype=torch.bool)
-    allowed = torch.topk(logits, 3).indices
-    for _ in range(50):
-        token = M.sample_token(logits, seen, 1.0, 3, 1.0, 1.0)
-        assert (allowed == token).any(dim=1).all()
-    assert torch.equal(M.sample_token(logits, seen, 0, 0, 1.0, 1.0), logits.argmax(-1, keepdim=True))
-
-
-def test_same_seed_gives_the_same_sample():
-    model = tiny()
-    idx = torch.randint(0, 97, (2, 4))
-    samples = []
-    for seed in (1, 1, 2):
-        torch.manual_seed(seed)
-        samples.append(model.generate(idx, 20, temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.1))
-    assert torch.equal(samples[0], samples[1])
-    assert not torch.equal(samples[0], samples[2])
-
-
-def test_each_sequence_stops_at_end_of_text():
-    model = tiny()
-    idx = torch.randint(0, 97, (2, 4))
-    free = model.generate(idx, 12, temperature=0)
-    eos = free[0, 6].item()  # the third token sequence 0 generates
-    out = model.generate(idx, 12, temperature=0, eos_id=eos)
-    assert out[0, 6].item() == eos and (out[0, 6:] == eos).all()
-    assert torch.equal(out[0, :7], free[0, :7])
-    if eos not in free[1, 4:].tolist():  # sequence 1 never produces it: it runs to max_new_tokens
-        assert torch.equal(out[1], free[1])
-    # when every sequence has finished, generation stops
-    single = model.generate(idx[:1], 12, temperature=0, eos_id=eos)
-    assert single.shape[1] == 7
-
-
-def test_a_prompt_longer_than_the_context_is_refused():
-    model = tiny()
-    with pytest.raises(ValueError, match="exceeds max_seq_len"):
-        model.generate(torch.zeros(1, 33, dtype=torch.long), 1)
 
 
 def count(**shape):
@@ -250,38 +181,41 @@ def test_tied_embeddings_share_one_tensor():
     assert model.lm_head.weight is model.embed_tokens.weight
 
 
-def test_weight_decay_applies_to_matrices_only():
-    model = tiny()
-    opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
-    decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
-    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-
-
-def test_mfu_uses_the_gpus_own_peak(monkeypatch):
-    model = tiny()
-    assert model.estimate_mfu(32, 1e5, "cpu") is None
-    for name, peak in [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-                       ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA GeForce RTX 4090", 165e12)]:
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
-        assert M.peak_flops("cuda") == peak, name
-        assert model.estimate_mfu(32, 1e5, "cuda") == pytest.approx(model.flops_per_token(32) * 1e5 / peak)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Mystery GPU")
-    assert model.estimate_mfu(32, 1e5, "cuda") is None
-
-
 def test_flops_per_token_is_palms_formula():
     model = tiny()
     n = model.num_params() - 97 * 64  # untied: the embedding lookup costs no FLOPs
     assert model.flops_per_token(32) == 6 * n + 12 * 2 * 4 * 16 * 32
 
 
-def test_loss_ignores_minus_one_targets():
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_chunked_loss_and_gradients_equal_full_cross_entropy(monkeypatch, chunk):
+    monkeypatch.setattr(M, "LOSS_CHUNK", chunk)  # 7 splits the 2 x 12 rows unevenly
+    model, reference = tiny(), tiny()
+    idx = torch.randint(0, 97, (2, 12))
+    targets = torch.randint(0, 97, (2, 12))
+    targets[0, :4] = -1  # ignored positions
+    loss = model(idx, targets)
+    expected = F.cross_entropy(all_logits(reference, idx).flatten(0, 1), targets.flatten(), ignore_index=-1)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-5)
+    loss.backward()
+    expected.backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_evaluation_loss_needs_no_gradients():
     model = tiny()
-    idx = torch.randint(0, 97, (1, 8))
-    targets = idx.clone()
-    targets[0, :4] = -1
-    logits, loss = model(idx, targets)
-    expected = torch.nn.functional.cross_entropy(logits[0, 4:], targets[0, 4:])
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    idx = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        loss = model(idx, idx)
+    assert not loss.requires_grad and loss.item() == pytest.approx(model(idx, idx).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("shape, message", [
+    (dict(dim=65), "must divide by n_heads"), (dict(n_kv_heads=3), "n_heads by n_kv_heads=3"),
+    (dict(dropout=1.5), "dropout=1.5"), (dict(dim=36, n_heads=4, n_kv_heads=4), "must be even for RoPE"),
+    (dict(n_layers=0), "n_layers=0"), (dict(attn_backend="flash"), "attn_backend='flash'"),
+])
+def test_impossible_shapes_are_refused_with_a_clear_message(shape, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**{"dim": 64, "n_heads": 4, **shape})

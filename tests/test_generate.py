@@ -1,0 +1,138 @@
+import pytest
+import torch
+
+import generate as G
+from generate import generate, new_cache, prepare_for_decoding, stream
+from model import Llama, ModelConfig
+
+
+GREEDY = dict(temperature=0, repetition_penalty=1.0)  # the model's own argmax at every step
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    cfg = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, max_seq_len=32)
+    return Llama(ModelConfig(**{**cfg, **overrides})).eval()
+
+
+def all_logits(model, idx):
+    return model.lm_head(model.hidden(idx)).float()
+
+
+def test_greedy_generation_is_identical_with_and_without_the_cache_even_past_the_context():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 6))
+    cached = generate(model, idx, 70, **GREEDY)  # 76 tokens: the 32-token window slides twice
+    recomputed = generate(model, idx, 70, use_cache=False, **GREEDY)
+    assert cached.shape == (2, 76)
+    assert torch.equal(cached, recomputed)
+    assert torch.equal(cached[:, :6], idx)
+
+
+def test_past_the_context_generation_restarts_from_the_last_half_of_the_window():
+    model = tiny()
+    idx = torch.randint(0, 97, (1, 30))
+    out = generate(model, idx, 4, **GREEDY)
+    # token 32 still sees the full 32-token window; then the window restarts from its last 16 tokens
+    assert out[0, 32].item() == all_logits(model, out[:, :32])[0, -1].argmax().item()
+    assert out[0, 33].item() == all_logits(model, out[:, 17:33])[0, -1].argmax().item()
+
+
+def test_the_decoding_layout_gives_the_same_tokens_and_logits():
+    model = tiny(tie_embeddings=True)
+    idx = torch.randint(0, 97, (2, 5))
+    before, logits = generate(model, idx, 20, **GREEDY), model(idx)
+    prepare_for_decoding(model)
+    assert not model.lm_head.weight.is_contiguous()  # stored (in, out): MKL's fast layout for one row
+    assert model.embed_tokens.weight.is_contiguous()
+    torch.testing.assert_close(model(idx), logits, rtol=0, atol=1e-5)
+    assert torch.equal(generate(model, idx, 20, **GREEDY), before)
+
+
+def test_top_k_keeps_exactly_k():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    kept = G.top_k_filter(logits, 2).isfinite()
+    assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.1, 0.5, 0.1, 0.3]])
+    logits = probs.log()
+    assert G.top_p_filter(logits, 0.7).isfinite().tolist() == [[False, True, False, True]]
+    assert G.top_p_filter(logits, 0.5).isfinite().tolist() == [[False, True, False, False]]
+    assert G.top_p_filter(logits, 0.81).isfinite().sum().item() == 3
+    assert G.top_p_filter(logits, 1.0).isfinite().all()
+
+
+def test_repetition_penalty_follows_hf_semantics():
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    assert G.apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0, -1.0]]
+
+
+def test_sampling_only_draws_tokens_the_filters_keep():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    seen = torch.zeros(4, 50, dtype=torch.bool)
+    allowed = torch.topk(logits, 3).indices
+    generators = [torch.Generator().manual_seed(i) for i in range(4)]
+    for _ in range(50):
+        token = G.sample_token(logits, seen, generators, 1.0, 3, 1.0, 1.0)
+        assert (allowed == token).any(dim=1).all()
+    assert torch.equal(G.sample_token(logits, seen, generators, 0, 0, 1.0, 1.0), logits.argmax(-1, keepdim=True))
+
+
+def test_the_seed_decides_the_sample_and_the_global_rng_does_not():
+    model = tiny()
+    idx = torch.randint(0, 97, (1, 4))
+    settings = dict(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.1)
+    torch.manual_seed(1)
+    first = generate(model, idx, 20, seed=5, **settings)
+    torch.manual_seed(2)  # another global state changes nothing
+    assert torch.equal(generate(model, idx, 20, seed=5, **settings), first)
+    assert not torch.equal(generate(model, idx, 20, seed=6, **settings), first)
+
+
+def test_each_row_of_a_batch_gets_the_text_it_would_get_alone_with_its_seed():
+    model = tiny()
+    prompt = torch.randint(0, 97, (1, 4))
+    settings = dict(temperature=1.0, top_k=0, top_p=0.95, repetition_penalty=1.1)
+    batch = generate(model, prompt.repeat(4, 1), 40, seed=10, **settings)
+    for i in range(4):
+        assert torch.equal(batch[i:i + 1], generate(model, prompt, 40, seed=10 + i, **settings))
+
+
+def test_each_sequence_stops_at_end_of_text():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 4))
+    free = generate(model, idx, 12, **GREEDY)
+    eos = free[0, 6].item()  # the third token sequence 0 generates
+    assert eos not in free[1, 4:].tolist()  # so sequence 1 runs to max_new_tokens
+    out = generate(model, idx, 12, eos_id=eos, **GREEDY)
+    assert out[0, 6].item() == eos and (out[0, 6:] == eos).all()
+    assert torch.equal(out[0, :7], free[0, :7])
+    assert torch.equal(out[1], free[1])
+    # when every sequence has finished, generation stops
+    single = generate(model, idx[:1], 12, eos_id=eos, **GREEDY)
+    assert single.shape[1] == 7
+
+
+def test_a_prompt_longer_than_the_context_is_refused():
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        generate(tiny(), torch.zeros(1, 33, dtype=torch.long), 1)
+
+
+def test_the_cache_holds_every_layers_keys_and_values_for_the_whole_context():
+    model = tiny(n_kv_heads=2)
+    cache = new_cache(model, 3)
+    assert len(cache) == 2 and all(k.shape == v.shape == (3, 2, 32, 16) for k, v in cache)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(temperature=-0.5), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_p=0), "top_p"),
+    (dict(top_p=1.5), "top_p"), (dict(repetition_penalty=1e-30), "repetition_penalty"),
+    (dict(repetition_penalty=0), "repetition_penalty"), (dict(max_new_tokens=0), "max_new_tokens"),
+])
+def test_settings_out_of_range_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        G.check_settings(**{**G.DEFAULTS, **settings})
