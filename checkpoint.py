@@ -1,14 +1,19 @@
-"""Checkpoints: written atomically, read without executing code, with one-line errors.
+"""Checkpoints: written atomically, read without executing code, with one-line errors; checkpoint to model.
 
-A checkpoint is a dict of plain data: the format tag, model_args (ModelConfig's fields), the model and
-optimizer state, iter_num, best_val_loss, the full training config, the tokenizer spec, and RNG states.
+A checkpoint is a dict of plain data: the format tag, model_args (ModelConfig's fields), the model state,
+the tokenizer spec, iter_num and the val figures; train.py's ckpt.pt adds the optimizer and scaler state,
+the full training config and RNG states, while best.pt (the lowest val loss so far) holds no optimizer.
 """
 import os
+import sys
+
 import torch
 
 from model import Llama, ModelConfig
 
-FORMAT = "tinyllama-checkpoint-v1"
+FORMAT = "tinyllama-checkpoint-v2"  # v2: q/k/v and gate/up fused; v1 (separate, HF names) is read too
+OLD_FORMATS = ("tinyllama-checkpoint-v1",)
+REQUIRED = ("model_args", "model", "tokenizer")
 
 
 class CheckpointError(Exception):
@@ -29,32 +34,66 @@ def save_checkpoint(checkpoint, path):
             os.remove(tmp)
 
 
+def _why_unreadable(path, error):
+    if os.path.getsize(path) == 0:
+        return "it is empty (0 bytes), perhaps from a full disk or a copy that failed"
+    text = " ".join(str(error).split())
+    if "weights_only" in text or "Unsupported global" in text:
+        return "it holds Python objects that safe loading (weights_only=True) refuses to run"
+    if "zip" in text.lower() or "EOF" in text or "truncated" in text.lower():
+        return f"it is truncated or not a torch file ({text[:200]})"
+    return f"{type(error).__name__}: {text[:200]}"
+
+
 def load_checkpoint(path, map_location="cpu"):
-    if not os.path.isfile(path):
+    if os.path.isdir(path) or not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}: train one first (python train.py --out_dir=...)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding code: never a pickle traceback
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120]}); it may be corrupt or from another program")
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_why_unreadable(path, e)}")
+    found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    if found not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{path} has an unknown checkpoint format ({found!r}, expected {FORMAT!r}); "
                               "for Hugging Face models use --hf_dir=PATH")
+    missing = [key for key in REQUIRED if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(repr(k) for k in missing)}: it was not written by train.py")
+    if found in OLD_FORMATS:
+        from hf import from_hf_weights
+        checkpoint["model"] = from_hf_weights(checkpoint["model"])
     return checkpoint
 
 
-def clean_state_dict(state_dict):
-    """Drops the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes other tools leave in."""
-    clean = {}
-    for key, value in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            key = key.removeprefix(prefix)
-        clean[key] = value
-    return clean
+def checkpoint_path(out_dir, ckpt=""):
+    """out_dir/ckpt if given, else out_dir/best.pt when it exists, else out_dir/ckpt.pt; said on stderr."""
+    name = ckpt or ("best.pt" if os.path.isfile(os.path.join(out_dir, "best.pt")) else "ckpt.pt")
+    path = os.path.join(out_dir, name)
+    print(f"loading {path}", file=sys.stderr)
+    return path
 
 
-def model_from_checkpoint(checkpoint):
-    model = Llama(ModelConfig(**checkpoint["model_args"]))
-    model.load_state_dict(clean_state_dict(checkpoint["model"]))
+def model_from_checkpoint(checkpoint, **overrides):
+    """The Llama a checkpoint describes, with its weights; overrides: ModelConfig fields (dropout, ...)."""
+    try:
+        model = Llama(ModelConfig(**{**checkpoint["model_args"], **overrides}))
+        model.load_state_dict(checkpoint["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the checkpoint's model does not load ({' '.join(str(e).split())[:300]})")
     return model
+
+
+def load_model(out_dir="", ckpt="", hf_dir=""):
+    """(model, tokenizer spec, facts) from a training run's checkpoint, or from a HF Llama directory.
+
+    facts: where the model came from, and for our checkpoints the iteration and val figures.
+    """
+    if hf_dir:
+        from hf import load_hf
+        model, spec = load_hf(hf_dir)
+        return model, spec, {"source": hf_dir}
+    path = checkpoint_path(out_dir, ckpt)
+    checkpoint = load_checkpoint(path)
+    facts = {"source": path, "iter_num": checkpoint.get("iter_num"),
+             **{k: checkpoint[k] for k in ("val_loss", "val_bpb") if k in checkpoint}}
+    return model_from_checkpoint(checkpoint), checkpoint["tokenizer"], facts

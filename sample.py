@@ -8,72 +8,64 @@
 The model and its tokenizer both come from the checkpoint, so a model trained on its own vocabulary
 decodes with it. Every prompt is preceded by <|endoftext|>, as every story in the training data is;
 an empty prompt starts a fresh story. Generation stops at <|endoftext|> or after max_new_tokens.
+Only the stories go to stdout; which checkpoint was loaded and the speed go to stderr.
 """
 import codecs
-import os
 import sys
+import time
 
 import torch
 
 import tokenizer
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
-from export import HFError, load_hf
-from model import DTYPES, auto_device
+from device import DTYPES, choose
+from generate import DEFAULTS, check_settings, prepare_for_decoding, stream as stream_tokens
+from hf import HFError
 
 # -----------------------------------------------------------------------------
-out_dir = "out"  # reads out_dir/ckpt.pt
+out_dir = "out"  # the training run to sample from
+ckpt = ""  # file in out_dir; '' takes best.pt when it exists, else ckpt.pt
 hf_dir = ""  # or a local Hugging Face Llama directory instead
 start = ""  # the prompt, or FILE:path to read it from a file
-num_samples = 1
-max_new_tokens = 256
-temperature = 0.7  # 0: greedy
-top_k = 0  # 0: off
-top_p = 0.9  # 1.0: off
-repetition_penalty = 1.1  # 1.0: off
+num_samples = 1  # decoded together as one batch; sample i is seeded seed + i
+max_new_tokens = DEFAULTS["max_new_tokens"]
+temperature = DEFAULTS["temperature"]  # 0: greedy
+top_k = DEFAULTS["top_k"]  # 0: off
+top_p = DEFAULTS["top_p"]  # 1.0: off
+repetition_penalty = DEFAULTS["repetition_penalty"]  # 1.0: off
 seed = 1337
 device = ""  # '' picks cuda, then mps, then cpu
 dtype = ""  # '' picks bfloat16 on CUDA where supported, else float32
-compile = False
-stream = True  # print tokens as they come
+compile = False  # torch.compile the model (pays off only for long generations on GPU)
+stream = True  # print the story as it is written (one sample only; several are printed when all are done)
 # -----------------------------------------------------------------------------
 configure(globals())
-# -----------------------------------------------------------------------------
-
-
-if temperature < 0:
-    fail(f"--temperature={temperature} must be >= 0 (0 is greedy)")
-if not 0 < top_p <= 1:
-    fail(f"--top_p={top_p} must be in (0, 1] (1 turns it off)")
-if top_k < 0:
-    fail(f"--top_k={top_k} must be >= 0 (0 turns it off)")
-if repetition_penalty <= 0:
-    fail(f"--repetition_penalty={repetition_penalty} must be > 0 (1 turns it off)")
-if num_samples < 1 or max_new_tokens < 1:
-    fail(f"--num_samples={num_samples} and --max_new_tokens={max_new_tokens} must be at least 1")
-if start.startswith("FILE:"):
-    if not os.path.isfile(start[5:]):
-        fail(f"prompt file '{start[5:]}' not found")
-    start = open(start[5:], encoding="utf-8").read()
-if not device:
-    device = auto_device()
-if not dtype:
-    dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-if dtype not in DTYPES:
-    fail(f"--dtype={dtype}: use float32, bfloat16 or float16")
 
 try:
-    if hf_dir:
-        model, spec = load_hf(hf_dir)
-    else:
-        checkpoint = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-        model, spec = model_from_checkpoint(checkpoint), checkpoint["tokenizer"]
-        del checkpoint
+    check_settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    device, dtype = choose(device, dtype)
+except ValueError as e:
+    fail(str(e))
+if num_samples < 1:
+    fail(f"--num_samples={num_samples} must be at least 1")
+if start.startswith("FILE:"):
+    try:
+        with open(start[5:], encoding="utf-8") as f:
+            start = f.read()
+    except FileNotFoundError:
+        fail(f"prompt file '{start[5:]}' not found")
+    except UnicodeDecodeError as e:
+        fail(f"prompt file '{start[5:]}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})")
+    except OSError as e:
+        fail(f"cannot read prompt file '{start[5:]}': {e.strerror}")
+
+try:
+    model, spec, _ = load_model(out_dir, ckpt, hf_dir)
     enc = tokenizer.load_tokenizer(spec)
 except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
     fail(str(e))
-model.to(device=device, dtype=DTYPES[dtype])
-model.eval()
+model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
 if compile:
     model.forward = torch.compile(model.forward, dynamic=True)
 
@@ -83,20 +75,32 @@ if len(prompt) >= context:
     print(f"warning: the prompt has {len(prompt)} tokens and the model's context is {context}; "
           f"keeping its last {context - 1}", file=sys.stderr)
     prompt = prompt[-(context - 1):]
-idx = torch.tensor([prompt], dtype=torch.long, device=device)
+idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
 
-torch.manual_seed(seed)
-for i in range(num_samples):
-    if i:
-        print("\n" + "-" * 72)
+live = stream and num_samples == 1
+texts = [start] * num_samples
+decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(num_samples)]  # tokens may split a character
+finished = [False] * num_samples
+if live:
     print(start, end="", flush=True)
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tokens may split a character
-    pieces = []
-    for token in model.stream(idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, enc.eot_token):
-        if token.item() == enc.eot_token:
-            break
-        pieces.append(text.decode(enc.decode_single_token_bytes(token.item())))
-        if stream:
-            print(pieces[-1], end="", flush=True)
-    pieces.append(text.decode(b"", final=True))
-    print(pieces[-1] if stream else "".join(pieces), flush=True)
+began, generated = time.perf_counter(), 0
+for tokens in stream_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                            enc.eot_token, seed):
+    for i, token in enumerate(tokens[:, 0].tolist()):
+        if finished[i] or token == enc.eot_token:
+            finished[i] = True
+            continue
+        piece = decoders[i].decode(enc.decode_single_token_bytes(token))
+        texts[i] += piece
+        generated += 1
+        if live:
+            print(piece, end="", flush=True)
+seconds = time.perf_counter() - began
+for i in range(num_samples):
+    tail = decoders[i].decode(b"", final=True)
+    if live:
+        print(tail, flush=True)
+    else:
+        print(("\n" + "-" * 72 + "\n" if i else "") + texts[i] + tail, flush=True)
+print(f"achieved tok/s: {generated / seconds:.1f} ({generated} tokens in {seconds:.2f} s, "
+      f"{num_samples} sample{'s' if num_samples > 1 else ''})", file=sys.stderr)

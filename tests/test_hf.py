@@ -6,7 +6,8 @@ import torch
 
 import tokenizer
 from conftest import assert_clean_error, make_stories, run_script
-from export import HFError, export, load_hf
+from generate import generate
+from hf import HFError, export_hf as export, load_hf
 from model import Llama, ModelConfig
 
 transformers = pytest.importorskip("transformers")
@@ -29,7 +30,7 @@ def bpe_spec():
 
 
 def all_logits(model, idx):
-    return model(idx, targets=torch.zeros_like(idx))[0]
+    return model.lm_head(model.hidden(idx)).float()
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -42,7 +43,7 @@ def test_exported_model_gives_our_logits_and_greedy_tokens_in_transformers(tmp_p
         torch.testing.assert_close(theirs(idx).logits, all_logits(ours, idx), rtol=0, atol=1e-4)
         hf_greedy = theirs.generate(idx[:1], max_new_tokens=15, do_sample=False, repetition_penalty=1.0,
                                     min_new_tokens=15, eos_token_id=None, pad_token_id=349)
-    assert torch.equal(hf_greedy, ours.generate(idx[:1], 15, temperature=0))
+    assert torch.equal(hf_greedy, generate(ours, idx[:1], 15, temperature=0, repetition_penalty=1.0))
     config = json.load(open(tmp_path / "config.json"))
     assert config["tie_word_embeddings"] is tied and config["num_key_value_heads"] == 2
     generation = json.load(open(tmp_path / "generation_config.json"))
@@ -121,6 +122,8 @@ def edit_config(path, **changes):
 @pytest.mark.parametrize("case, message", [
     ("no config", "no config.json"), ("not llama", "only Llama"), ("shape mismatch", "do not match config.json"),
     ("rope scaling", "rope_scaling"), ("biases", "biases"), ("no weights", "no model.safetensors"),
+    ("invalid config", "not valid JSON"), ("config without hidden_size", "lacks hidden_size"),
+    ("pickled weights", "cannot be read safely"),
 ])
 def test_what_we_cannot_represent_is_refused_with_one_line(tmp_path, bpe_spec, case, message):
     export(checkpoint_for(bpe_spec, 350)[0], str(tmp_path))
@@ -136,6 +139,15 @@ def test_what_we_cannot_represent_is_refused_with_one_line(tmp_path, bpe_spec, c
         edit_config(tmp_path, attention_bias=True)
     elif case == "no weights":
         os.remove(tmp_path / "model.safetensors")
+    elif case == "invalid config":
+        (tmp_path / "config.json").write_text('{"model_type": "llama",')
+    elif case == "config without hidden_size":
+        config = json.load(open(tmp_path / "config.json"))
+        del config["hidden_size"]
+        json.dump(config, open(tmp_path / "config.json", "w"))
+    elif case == "pickled weights":  # a pickle that would run code: weights_only refuses it
+        os.remove(tmp_path / "model.safetensors")
+        torch.save({"model.embed_tokens.weight": os.system}, tmp_path / "pytorch_model.bin")
     with pytest.raises(HFError, match=message):
         load_hf(str(tmp_path))
     assert_clean_error(run_script("sample.py", f"--hf_dir={tmp_path}"), message)
@@ -143,3 +155,24 @@ def test_what_we_cannot_represent_is_refused_with_one_line(tmp_path, bpe_spec, c
 
 def test_export_needs_a_checkpoint(tmp_path):
     assert_clean_error(run_script("export.py", f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"), "no checkpoint")
+
+
+def test_exporting_over_an_export_replaces_it_whole(tmp_path, bpe_spec):
+    gpt2 = tokenizer.load_tokenizer({"kind": "gpt2"})
+    export(checkpoint_for({"kind": "gpt2"}, gpt2.n_vocab, dim=16, n_heads=2)[0], str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "vocab.json").exists()
+    export(checkpoint_for(bpe_spec, 350)[0], str(tmp_path / "hf"))  # now a custom vocabulary
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "generation_config.json", "model.safetensors",
+                                                   "tokenizer.json", "tokenizer_config.json"]
+    assert load_hf(str(tmp_path / "hf"))[1] == bpe_spec
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf.encode("Lily and Max", add_special_tokens=False) == tokenizer.load_tokenizer(bpe_spec).encode_ordinary("Lily and Max")
+    assert sorted(os.listdir(tmp_path)) == ["hf"]  # no temporary directory left behind
+    assert all(os.stat(tmp_path / "hf" / name).st_mode & 0o777 == 0o644 for name in os.listdir(tmp_path / "hf"))
+
+
+def test_a_directory_that_is_not_an_export_is_never_replaced(tmp_path, bpe_spec):
+    (tmp_path / "notes.txt").write_text("my notes")
+    with pytest.raises(HFError, match="not part of an export"):
+        export(checkpoint_for(bpe_spec, 350)[0], str(tmp_path))
+    assert os.listdir(tmp_path) == ["notes.txt"]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import tokenizer
-from conftest import assert_clean_error, make_stories, run_script, write_txt
+from conftest import assert_clean_error, make_stories, run_in_process, run_script, write_txt
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,12 @@ def test_streaming_prints_the_same_text(trained):
 
 def test_greedy_output_is_the_models_greedy_generation(trained):
     from checkpoint import load_checkpoint, model_from_checkpoint
-    ckpt = load_checkpoint(str(trained / "ckpt.pt"))
+    from generate import generate
+    ckpt = load_checkpoint(str(trained / "best.pt"))
     model, enc = model_from_checkpoint(ckpt).eval(), tokenizer.load_tokenizer(ckpt["tokenizer"])
     prompt = [enc.eot_token] + enc.encode_ordinary("Lily and Max")
-    ids = model.generate(torch.tensor([prompt]), 40, temperature=0, eos_id=enc.eot_token)[0, len(prompt):].tolist()
+    ids = generate(model, torch.tensor([prompt]), 40, temperature=0, repetition_penalty=1.0,
+                   eos_id=enc.eot_token)[0, len(prompt):].tolist()
     if enc.eot_token in ids:
         ids = ids[:ids.index(enc.eot_token)]
     result = sample(trained, "--start=Lily and Max", "--temperature=0", "--repetition_penalty=1.0")
@@ -70,12 +72,35 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature=-0.5"], "--temperature"), (["--top_p=0"], "--top_p"), (["--top_p=1.5"], "--top_p"),
-    (["--top_k=-1"], "--top_k"), (["--repetition_penalty=0"], "--repetition_penalty"),
+    (["--temperature=-0.5"], "temperature=-0.5"), (["--top_p=0"], "top_p=0"), (["--top_p=1.5"], "top_p=1.5"),
+    (["--top_k=-1"], "top_k=-1"), (["--repetition_penalty=0"], "repetition_penalty=0"),
     (["--start=FILE:/nonexistent/prompt.txt"], "prompt file"), (["--temprature=1"], "unknown key 'temprature'"),
-])
+    (["--repetition_penalty=1e-30"], "repetition_penalty=1e-30"), (["--dtype=float16", "--device=cpu"], "float16"),
+    (["--device=meta"], "--device=meta"), (["--num_samples=0"], "--num_samples"),
+    (["--ckpt=nope.pt"], "no checkpoint"),
+] + ([] if torch.cuda.is_available() else [(["--device=cuda"], "no CUDA")]))
 def test_bad_options_fail_with_one_line(trained, args, message):
-    assert_clean_error(sample(trained, *args), message)
+    assert_clean_error(run_in_process("sample.py", f"--out_dir={trained}", *args), message)
+
+
+def test_a_prompt_file_that_is_not_utf8_fails_with_one_line(trained, tmp_path):
+    (tmp_path / "prompt.txt").write_bytes(b"The dog \xff\xfe")
+    assert_clean_error(sample(trained, f"--start=FILE:{tmp_path / 'prompt.txt'}"), "not UTF-8")
+
+
+def test_only_the_story_goes_to_stdout(trained):
+    result = sample(trained, "--start=Once upon a time")
+    assert result.stdout.startswith("Once upon a time") and "attention" not in result.stdout
+    assert "achieved tok/s:" in result.stderr and "achieved" not in result.stdout
+    assert f"loading {trained / 'best.pt'}" in result.stderr
+
+
+def test_several_samples_decode_as_one_batch_and_each_is_its_seeds_text(trained):
+    batch = sample(trained, "--num_samples=3", "--seed=5", "--temperature=1.0").stdout.split("\n" + "-" * 72 + "\n")
+    assert len(batch) == 3 and len(set(batch)) == 3
+    for i, text in enumerate(batch):
+        alone = sample(trained, f"--seed={5 + i}", "--temperature=1.0").stdout
+        assert alone == text
 
 
 def test_missing_and_foreign_checkpoints_fail_with_one_line(tmp_path):
