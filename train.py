@@ -6,6 +6,7 @@
 
 Batches come from a generator keyed by (seed, global micro-batch index), so W ranks see exactly the
 batches one rank with W times the accumulation sees, and a resumed run replays and skips nothing.
+out_dir/ckpt.pt is the latest full state (for --init_from=resume); out_dir/best.pt the lowest val loss.
 """
 import json
 import math
@@ -22,18 +23,20 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tokenizer
-from checkpoint import CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import configure, fail
-from model import DTYPES, Llama, ModelConfig, auto_device
+from device import DTYPES, choose, peak_flops
+from model import BackendError, Llama, ModelConfig, causal_attention
 
 # -----------------------------------------------------------------------------
 # data and output
 out_dir = "out"
 data_dir = "data/tinystories"
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt) or 'hf:PATH' (a local HF Llama directory)
+init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'auto' (resume if it exists) or 'hf:PATH'
+overwrite = False  # True: a scratch run may replace the checkpoint already in out_dir
 eval_interval = 250
 eval_iters = 20  # batches in the fixed validation set
-log_interval = 10
+log_interval = 10  # also how often the ranks agree on stopping: the only host syncs between evals
 wandb_log = False
 wandb_project = "tinystories"
 # batch: tokens per optimizer step = batch_size * block_size * gradient_accumulation_steps
@@ -51,17 +54,19 @@ max_seq_len = 0  # the model's context; 0: block_size
 rope_theta = 10000.0
 dropout = 0.0
 tie_embeddings = True
-attn_backend = "auto"
+attn_backend = "auto"  # auto, fa4, fa2, sdpa or math
 # optimizer and schedule
+optimizer = "adamw"  # 'adamw', or 'muon' (torch.optim.Muon for the blocks' matrices, AdamW for the rest)
 learning_rate = 5e-4
 max_iters = 5000
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # 0: off
-lr_schedule = "cosine"  # 'cosine' (linear warmup), 'onecycle' (cosine up from lr/25, then down), 'constant'
+lr_schedule = "cosine"  # 'cosine', 'wsd' (warmup, stable, linear decay), 'onecycle' or 'constant'
 warmup_iters = 100
-lr_decay_iters = 0  # 0: max_iters
+lr_decay_iters = 0  # cosine: iterations until min_lr; 0: max_iters
+decay_fraction = 0.4  # wsd: the last fraction of max_iters decays linearly to min_lr
 min_lr = 5e-5
 # system
 device = ""  # '' picks cuda, then mps, then cpu
@@ -69,30 +74,48 @@ dtype = ""  # '' picks bfloat16 where supported, else float16 (with a GradScaler
 compile = torch.cuda.is_available()  # torch.compile: on by default on CUDA only
 seed = 1337
 # -----------------------------------------------------------------------------
+SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "multiple_of", "rope_theta", "tie_embeddings")
+shape_defaults = {key: globals()[key] for key in SHAPE}
 config = configure(globals())
 # -----------------------------------------------------------------------------
-
 
 # distributed setup: torchrun sets RANK; nccl on CUDA, gloo on CPU so it also runs on a laptop
 ddp = "RANK" in os.environ
 rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
 master = rank == 0
-if not device:
-    device = auto_device()
+try:
+    device, dtype = choose(device, dtype)
+except ValueError as e:
+    fail(str(e))
 if ddp and device.startswith("cuda"):
     device = f"cuda:{local_rank}"
     torch.cuda.set_device(device)
 device_type = device.split(":")[0]
-if not dtype:
-    dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
-if dtype not in DTYPES:
-    fail(f"--dtype={dtype}: use float32, bfloat16 or float16")
+for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval", "block_size"):
+    if globals()[name] < 1:
+        fail(f"--{name}={globals()[name]} must be at least 1")
+if max_iters < 0 or seed < 0:
+    fail(f"--max_iters={max_iters} and --seed={seed} must not be negative")
+if optimizer not in ("adamw", "muon"):
+    fail(f"--optimizer={optimizer}: use adamw or muon")
+if lr_schedule not in ("cosine", "wsd", "onecycle", "constant"):
+    fail(f"--lr_schedule={lr_schedule}: use cosine, wsd, onecycle or constant")
+if not 0 <= decay_fraction <= 1:
+    fail(f"--decay_fraction={decay_fraction} must be in [0, 1]")
+if init_from not in ("scratch", "resume", "auto") and not init_from.startswith("hf:"):
+    fail(f"--init_from={init_from}: use scratch, resume, auto or hf:PATH")
+if gradient_accumulation_steps < world_size:  # the README's torchrun line on a 1-step preset: one step per rank
+    if master:
+        print(f"note: gradient_accumulation_steps={gradient_accumulation_steps} is below the {world_size} ranks; "
+              f"using {world_size}, one micro-step per rank", file=sys.stderr)
+    gradient_accumulation_steps = config["gradient_accumulation_steps"] = world_size
 if gradient_accumulation_steps % world_size:
     fail(f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} ranks")
-if batch_size < 1 or gradient_accumulation_steps < 1:
-    fail(f"batch_size={batch_size} and gradient_accumulation_steps={gradient_accumulation_steps} must be at least 1")
-if lr_schedule not in ("cosine", "onecycle", "constant"):
-    fail(f"--lr_schedule={lr_schedule}: use cosine, onecycle or constant")
+if wandb_log:
+    try:
+        import wandb
+    except ImportError:
+        fail("--wandb_log=True needs the wandb package: pip install wandb (or leave --wandb_log off)")
 if ddp:
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     if device_type == "cpu":  # share the cores instead of oversubscribing them
@@ -104,28 +127,34 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=DTYPES[dtype])
 
-# data: prepare.py's meta.json and uint16 token streams
+# data: prepare.py's meta.json and token streams
 for name in ("meta.json", "train.bin", "val.bin"):
     if not os.path.isfile(os.path.join(data_dir, name)):
         fail(f"data_dir '{data_dir}' has no {name}: run prepare.py first (python prepare.py --out_dir={data_dir})")
-meta = json.load(open(os.path.join(data_dir, "meta.json")))
-split_tokens = {s: os.path.getsize(os.path.join(data_dir, f"{s}.bin")) // 2 for s in ("train", "val")}
+try:
+    meta = json.load(open(os.path.join(data_dir, "meta.json"), encoding="utf-8"))
+    token_dtype = np.dtype(meta["dtype"])
+    bytes_per_token = meta["val"]["bytes"] / meta["val"]["tokens"]
+    tokenizer.load_tokenizer(meta["tokenizer"])
+except (ValueError, KeyError, TypeError, ZeroDivisionError, tokenizer.TokenizerError) as e:
+    fail(f"{data_dir}/meta.json is damaged or not prepare.py's ({type(e).__name__}: {e}); run prepare.py again")
+split_tokens = {s: os.path.getsize(os.path.join(data_dir, f"{s}.bin")) // token_dtype.itemsize for s in ("train", "val")}
 for split, n in split_tokens.items():
     if n <= block_size:
         fail(f"block_size={block_size} is larger than {split}.bin in {data_dir} ({n} tokens): "
              "use a smaller --block_size or more data")
-bytes_per_token = meta["val"]["bytes"] / meta["val"]["tokens"]
 
 
 def read_windows(split, starts):
-    """Inputs and next-token targets for windows at the given offsets, on the device."""
+    """Inputs and next-token targets for windows at the given offsets, on the device (without waiting)."""
     # a fresh memmap per batch: a long-lived one grows the process's memory (nanoGPT's finding)
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
-    rows = np.stack([data[i:i + block_size + 1] for i in starts]).astype(np.int64)
-    x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=token_dtype, mode="r")
+    rows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in starts]).astype(np.int64))
     if device_type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+        rows = rows.pin_memory().to(device, non_blocking=True)
+    else:
+        rows = rows.to(device)
+    return rows[:, :-1], rows[:, 1:]
 
 
 def train_batch(micro_index):
@@ -140,13 +169,14 @@ val_starts = np.linspace(0, split_tokens["val"] - block_size - 1, eval_iters * b
 
 @torch.no_grad()
 def evaluate(model):
+    """Mean loss over the fixed validation windows; bits per byte = loss / ln 2 / (bytes per token of val.bin)."""
     model.eval()
     total = torch.zeros(2, device=device, dtype=torch.float64)  # sum of window losses, windows
     mine = val_starts[rank::world_size]
     for i in range(0, len(mine), batch_size):
         x, y = read_windows("val", mine[i:i + batch_size])
         with autocast:
-            _, loss = model(x, y)
+            loss = model(x, y)
         total += torch.stack([loss.double() * len(x), torch.tensor(len(x), device=device, dtype=torch.float64)])
     if ddp:
         dist.all_reduce(total)
@@ -163,59 +193,112 @@ def get_lr(it):
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if lr_schedule == "constant":
         return learning_rate
+    if lr_schedule == "wsd":  # stable at learning_rate, then a linear decay over the last decay_fraction
+        decay_start = max_iters * (1 - decay_fraction)
+        if it < decay_start:
+            return learning_rate
+        return learning_rate + (min_lr - learning_rate) * min(1.0, (it - decay_start) / max(1.0, max_iters - decay_start))
     if it >= lr_decay_iters:
         return min_lr
     progress = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     return min_lr + (learning_rate - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-
-
 def check_vocabulary(source, spec, vocab_size):
     if spec != meta["tokenizer"] or vocab_size != meta["vocab_size"]:
-        fail(f"vocabulary mismatch: {source} uses a {vocab_size}-id {spec['kind']} tokenizer, but {data_dir} holds "
-             f"{meta['vocab_size']}-id {meta['tokenizer']['kind']} tokens; prepare the data with the same tokenizer")
+        fail(f"vocabulary mismatch: {source} uses a {vocab_size}-id {spec.get('kind')} tokenizer, but {data_dir} "
+             f"holds {meta['vocab_size']}-id {meta['tokenizer']['kind']} tokens; prepare the data with the same tokenizer")
 
 
-# model and optimizer: from scratch, from out_dir/ckpt.pt, or from a Hugging Face directory
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
-iter_num, best_val_loss, checkpoint, init_weights = 0, float("inf"), None, None
+# output directory: refuse to overwrite a run by mistake, and clear what a killed run left
+ckpt_path, best_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "best.pt")
+if init_from == "auto":
+    init_from = "resume" if os.path.isfile(ckpt_path) else "scratch"
+if init_from != "resume" and os.path.isfile(ckpt_path) and not overwrite:
+    fail(f"{out_dir} already holds a checkpoint ({ckpt_path}); continue it with --init_from=resume, train into "
+         "another --out_dir, or replace it with --overwrite=True")
+if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    fail(f"--out_dir={out_dir} is a file: give a directory")
+if master:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        for leftover in ("ckpt.pt.tmp", "best.pt.tmp"):
+            if os.path.exists(os.path.join(out_dir, leftover)):
+                os.remove(os.path.join(out_dir, leftover))
+    except OSError as e:
+        fail(f"cannot create --out_dir={out_dir}: {e.strerror}")
+
+# model: from scratch, from out_dir/ckpt.pt, or from a Hugging Face directory
+iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+torch.manual_seed(seed)  # the same initial weights on every rank
 if init_from == "resume":
     try:
         checkpoint = load_checkpoint(ckpt_path, map_location=device)
+        if "optimizer" not in checkpoint:
+            raise CheckpointError(f"{ckpt_path} holds no optimizer state: it cannot be resumed "
+                                  "(start from its weights with a new out_dir instead)")
+        check_vocabulary(ckpt_path, checkpoint["tokenizer"], checkpoint["model_args"]["vocab_size"])
+        for key in SHAPE:  # a shape option set on the command line must agree with the checkpoint
+            if config[key] != shape_defaults[key] and config[key] != checkpoint["config"].get(key, config[key]):
+                fail(f"--{key}={config[key]} conflicts with {ckpt_path}, whose model has {key}="
+                     f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another --out_dir")
+        raw_model = model_from_checkpoint(checkpoint, dropout=dropout, attn_backend=attn_backend)
     except CheckpointError as e:
         fail(str(e))
-    check_vocabulary(ckpt_path, checkpoint["tokenizer"], checkpoint["model_args"]["vocab_size"])
-    model_config = ModelConfig(**checkpoint["model_args"])
-    iter_num, best_val_loss, init_weights = checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["model"]
+    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
 elif init_from.startswith("hf:"):
-    from export import HFError, load_hf
+    from hf import HFError, load_hf
     try:
         hf_model, hf_tokenizer = load_hf(init_from[3:])
     except (HFError, tokenizer.TokenizerError) as e:
         fail(str(e))
     check_vocabulary(init_from[3:], hf_tokenizer, hf_model.config.vocab_size)
-    model_config, init_weights = hf_model.config, hf_model.state_dict()
-    model_config.dropout, model_config.attn_backend = dropout, attn_backend
+    raw_model = model_from_checkpoint({"model_args": asdict(hf_model.config), "model": hf_model.state_dict()},
+                                      dropout=dropout, attn_backend=attn_backend)
     del hf_model
-elif init_from == "scratch":
-    model_config = ModelConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                               vocab_size=meta["vocab_size"], hidden_dim=hidden_dim, multiple_of=multiple_of,
-                               rope_theta=rope_theta, max_seq_len=max_seq_len or block_size, dropout=dropout,
-                               tie_embeddings=tie_embeddings, attn_backend=attn_backend)
 else:
-    fail(f"--init_from={init_from}: use scratch, resume or hf:PATH")
+    try:
+        raw_model = Llama(ModelConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                                      vocab_size=meta["vocab_size"], hidden_dim=hidden_dim, multiple_of=multiple_of,
+                                      rope_theta=rope_theta, max_seq_len=max_seq_len or block_size, dropout=dropout,
+                                      tie_embeddings=tie_embeddings, attn_backend=attn_backend))
+    except ValueError as e:
+        fail(str(e))
+model_config = raw_model.config
 if block_size > model_config.max_seq_len:
     fail(f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}")
-torch.manual_seed(seed)  # the same initial weights on every rank
-raw_model = Llama(model_config).to(device)
-optimizer = raw_model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
+raw_model.to(device)
+try:  # the attention kernel is chosen (and logged) once, here, rather than failing mid-run
+    probe = torch.zeros(1, 8, model_config.n_heads, model_config.head_dim, device=device,
+                        dtype=torch.float32 if dtype == "float32" else DTYPES[dtype])
+    causal_attention(probe, probe[:, :, :model_config.n_kv_heads], probe[:, :, :model_config.n_kv_heads], attn_backend)
+except BackendError as e:
+    fail(str(e))
+
+
+def make_optimizers(model):
+    """AdamW (weight decay on matrices only), or Muon for the blocks' matrices and AdamW for the rest."""
+    matrices = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("layers.")]
+    if optimizer == "muon":
+        others = [p for p in model.parameters() if all(p is not m for m in matrices)]
+        adamw_groups = [{"params": [p for p in others if p.dim() >= 2], "weight_decay": weight_decay},
+                        {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0}]
+        muon = torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    else:
+        adamw_groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": weight_decay},
+                        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    adamw = torch.optim.AdamW(adamw_groups, lr=learning_rate, betas=(beta1, beta2), fused=device_type == "cuda")
+    return [adamw, muon] if optimizer == "muon" else [adamw]
+
+
+optimizers = make_optimizers(raw_model)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-if init_weights is not None:
-    raw_model.load_state_dict(clean_state_dict(init_weights))
-    del init_weights
 if checkpoint is not None:
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    if len(checkpoint["optimizer"]) != len(optimizers):
+        fail(f"{ckpt_path} was trained with --optimizer={checkpoint['config'].get('optimizer', 'adamw')}; resume "
+             "with the same optimizer")
+    for opt, state in zip(optimizers, checkpoint["optimizer"]):
+        opt.load_state_dict(state)
     scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint["rng"][rank] if rank < len(checkpoint["rng"]) else None
     if rng is not None:
@@ -239,43 +322,72 @@ def rng_states():
     return states
 
 
-def write_checkpoint():
+def write_checkpoint(metrics, improved):
+    """best.pt first (weights only), then ckpt.pt: a kill between the two leaves them consistent on resume."""
     states = rng_states()  # a collective: every rank takes part
-    if master:
-        save_checkpoint({"model_args": asdict(model_config), "model": raw_model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iter_num": iter_num,
-                         "best_val_loss": best_val_loss, "config": config, "tokenizer": meta["tokenizer"],
-                         "rng": states}, ckpt_path)
+    if not master:
+        return
+    common = {"model_args": asdict(model_config), "model": raw_model.state_dict(), "tokenizer": meta["tokenizer"],
+              "iter_num": iter_num, "config": config, **metrics}
+    try:
+        if improved:
+            save_checkpoint(common, best_path)
+        save_checkpoint({**common, "optimizer": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
+                         "best_val_loss": best_val_loss, "rng": states}, ckpt_path)
+    except OSError as e:
+        fail(f"cannot write a checkpoint to {out_dir}: {e.strerror or e}; the previous checkpoint is kept")
+
+
+log_path = os.path.join(out_dir, "log.jsonl")
+
+
+def start_log():
+    """A scratch run starts a new log; a resumed one drops what the interrupted run logged after its checkpoint
+    (the checkpoint's eval is logged again when the run evaluates at that iteration)."""
+    if not master:
+        return
+    kept = []
+    if iter_num and os.path.isfile(log_path):
+        records = [json.loads(line) for line in open(log_path) if line.strip()]
+        kept = [r for r in records if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" not in r)]
+    with open(log_path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
 
 
 def log(record):
     if master:
-        with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+        with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if wandb_log:
             wandb.log(record, step=record["iter"])
 
 
 def plot_losses():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    """out_dir/loss.svg: train and val loss against iterations, log scale, with no plotting package."""
+    records = [json.loads(line) for line in open(log_path) if line.strip()]
+    series = {label: [(r["iter"], r[key]) for r in records if r.get(key, 0) > 0]
+              for key, label in (("loss", "train"), ("val_loss", "val"))}
+    points = [p for s in series.values() for p in s]
+    if len(points) < 2:
         return
-    records = [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "train"), ("val_loss", "val")):
-        points = [(r["iter"], r[key]) for r in records if key in r]
-        if points:
-            ax.plot(*zip(*points), label=label)
-    ax.set(xlabel="iteration", ylabel="loss (nats/token)", yscale="log")
-    ax.legend()
-    fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
-    plt.close(fig)
+    (x0, x1), (y0, y1) = ((min(v), max(v)) for v in zip(*[(i, math.log(y)) for i, y in points]))
+    W, H, pad = 640, 360, 48
+    sx = lambda i: pad + (W - 2 * pad) * (i - x0) / max(x1 - x0, 1)
+    sy = lambda y: H - pad - (H - 2 * pad) * (math.log(y) - y0) / max(y1 - y0, 1e-9)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+             f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{pad}" y="20">loss (nats/token, log scale) against iteration {x0}-{x1}; '
+             f'{math.exp(y0):.3f} to {math.exp(y1):.3f}</text>']
+    for (label, s), color, y in zip(series.items(), ("#1f77b4", "#d62728"), (40, 56)):
+        if s:
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="'
+                         + " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in s) + '"/>')
+            parts.append(f'<text x="{W - pad - 80}" y="{y}" fill="{color}">{label} {s[-1][1]:.4f}</text>')
+    with open(os.path.join(out_dir, "loss.svg"), "w") as f:
+        f.write("".join(parts) + "</svg>\n")
 
 
-# SIGTERM / SIGINT: finish the current step, save, exit 0 (preemptible clusters)
+# SIGTERM / SIGINT: finish the current log window, save, exit 0 (preemptible clusters)
 stop_signal = False
 
 
@@ -287,78 +399,99 @@ def request_stop(signum, frame):
 signal.signal(signal.SIGTERM, request_stop)
 signal.signal(signal.SIGINT, request_stop)
 
+start_log()
 if master:
-    os.makedirs(out_dir, exist_ok=True)
     if wandb_log:
-        import wandb
         wandb.init(project=wandb_project, config=config)
     print(f"{raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per iteration "
           f"({world_size} ranks x {accumulation} micro-steps x {batch_size} x {block_size}), "
-          f"{device} {dtype}, compile={compile}" + (f", resuming at iteration {iter_num}" if iter_num else ""))
+          f"{device} {dtype}, {optimizer}, compile={compile}" + (f", resuming at iteration {iter_num}" if iter_num else ""))
 
 t0, timed_iters = time.perf_counter(), 0  # for ms/iter, leaving out evals and checkpoints
+window_loss = torch.zeros((), device=device)  # summed on the device between log lines: no host sync per step
+peak = peak_flops(device)
+
+
+def micro_index(it, step):
+    """The global index of this rank's micro-step `step` of iteration `it`."""
+    return it * gradient_accumulation_steps + rank * accumulation + step
+
+
 while True:
-    lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     if iter_num % eval_interval == 0 or iter_num >= max_iters:
         metrics = evaluate(compiled)
+        improved = metrics["val_loss"] < best_val_loss
         best_val_loss = min(best_val_loss, metrics["val_loss"])
         if master:
             print(f"iter {iter_num}: val loss {metrics['val_loss']:.4f}, ppl {metrics['val_ppl']:.2f}, "
-                  f"bpb {metrics['val_bpb']:.4f}")
+                  f"bpb {metrics['val_bpb']:.4f}" + (" (best so far)" if improved else ""))
         log({"iter": iter_num, **metrics})
-        write_checkpoint()
+        write_checkpoint(metrics, improved)
         if master:
             plot_losses()
         t0, timed_iters = time.perf_counter(), 0
+        window_loss.zero_()
     if iter_num >= max_iters:
         break
-    loss_sum = torch.zeros((), device=device)
+    lr = get_lr(iter_num)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+    x, y = train_batch(micro_index(iter_num, 0))
     for micro_step in range(accumulation):
-        x, y = train_batch(iter_num * gradient_accumulation_steps + rank * accumulation + micro_step)
         sync = nullcontext() if not ddp or micro_step == accumulation - 1 else model.no_sync()
         with sync:
             with autocast:
-                _, loss = model(x, y)
+                loss = model(x, y)
+            if micro_step + 1 < accumulation:  # the next batch loads while this one computes
+                x, y = train_batch(micro_index(iter_num, micro_step + 1))
             scaler.scale(loss / accumulation).backward()
-        loss_sum += loss.detach()
-    # one small all-reduce per step: every rank agrees on stopping and on a non-finite loss
-    flags = torch.tensor([float(stop_signal), float(not torch.isfinite(loss_sum))], device=device)
+        window_loss += loss.detach() / accumulation
+    if grad_clip > 0:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    iter_num += 1
+    timed_iters += 1
+    # every log_interval steps and before each eval (so no checkpoint holds a non-finite model): the ranks
+    # agree on a stop signal and on a non-finite loss; these are the only host syncs between evals
+    if iter_num % log_interval and iter_num % eval_interval and iter_num < max_iters:
+        continue
+    flags = torch.stack([torch.tensor(float(stop_signal), device=device), (~torch.isfinite(window_loss)).float()])
     if ddp:
         dist.all_reduce(flags)
-    if flags[1] > 0:
+    stop, non_finite = (bool(f > 0) for f in flags.tolist())
+    if non_finite:
         if master:
-            print(f"error: the loss became non-finite at iteration {iter_num}; stopping, and keeping the last good "
+            print(f"error: the loss became non-finite by iteration {iter_num}; stopping, and keeping the last good "
                   f"checkpoint {ckpt_path}. Try a lower --learning_rate, --grad_clip, or bfloat16/float32",
                   file=sys.stderr)
         sys.exit(1)
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    iter_num += 1
-    timed_iters += 1
-    if iter_num % log_interval == 0 or flags[0] > 0:
-        loss_value = loss_sum.item() / accumulation
+    if iter_num % log_interval == 0 or stop:
         if device_type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / timed_iters
         tok_per_s = tokens_per_iter / dt
-        mfu = raw_model.estimate_mfu(block_size, tok_per_s / world_size, device)
+        mfu = None if peak is None else raw_model.flops_per_token(block_size) * tok_per_s / world_size / peak
+        loss_value = window_loss.item() / timed_iters
         if master:
             print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
                   f"{tok_per_s:,.0f} tok/s" + (f", mfu {mfu:.1%}" if mfu is not None else ""))
         log({"iter": iter_num, "loss": loss_value, "lr": lr, "ms": dt * 1000, "tok_per_s": tok_per_s, "mfu": mfu})
         t0, timed_iters = time.perf_counter(), 0
-    if flags[0] > 0:
-        write_checkpoint()
+        window_loss.zero_()
+    if stop:
+        write_checkpoint({}, False)
         if master:
             print(f"stopped by signal after iteration {iter_num}; saved {ckpt_path}. "
                   "Continue with --init_from=resume")
         break
 
 if ddp:
+    dist.barrier()  # every rank has finished its last collective before any tears the group down
     dist.destroy_process_group()

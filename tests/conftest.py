@@ -50,3 +50,29 @@ def assert_clean_error(result, *fragments):
 @pytest.fixture(scope="session")
 def stories():
     return make_stories(200)
+
+
+def run_in_process(script, *args):
+    """Runs a repository script in this process (no interpreter start-up): (exit code, stdout, stderr).
+
+    For checks that end early, such as bad input. An exception that escapes the script is re-raised, so a
+    traceback fails the test.
+    """
+    import contextlib
+    import io
+    import runpy
+    out, err = io.StringIO(), io.StringIO()
+    import signal
+    argv, handlers = sys.argv, {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    sys.argv = [script, *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
