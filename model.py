@@ -97,6 +97,10 @@ def _candidates(requested, q):
     return names
 
 
+def _requested(backend):
+    return os.environ.get("LLAMA_ATTN_BACKEND", "auto") if backend == "auto" else backend
+
+
 def causal_attention(q, k, v, backend="auto"):
     """Causal attention through the fastest kernel that is installed and accepts these inputs.
 
@@ -104,16 +108,23 @@ def causal_attention(q, k, v, backend="auto"):
     then FlashAttention-2, then torch's scaled_dot_product_attention. A missing package or a kernel that
     refuses the input falls through to the next.
     """
-    if backend == "auto":
-        backend = os.environ.get("LLAMA_ATTN_BACKEND", "auto")
-    key = (backend, q.device.type, q.dtype)
+    key = (_requested(backend), q.device.type, q.dtype)
     if key not in _chosen:
-        _chosen[key] = _choose_backend(backend, q, k, v)
+        _chosen[key] = _choose_backend(key[0], q, k, v)
     return ATTENTION_BACKENDS[_chosen[key]](q, k, v)
 
 
 class BackendError(RuntimeError):
     pass
+
+
+def pick_attention_backend(config, device, dtype):
+    """Chooses (and logs) the kernel for this device and dtype now, eagerly: called before torch.compile,
+    the compiled graph then holds the chosen kernel and no graph break. Raises BackendError."""
+    probe = torch.zeros(1, 8, config.n_heads, config.head_dim, device=device, dtype=dtype)
+    kv = probe[:, :, :config.n_kv_heads]
+    causal_attention(probe, kv, kv, config.attn_backend)
+    return _chosen[(_requested(config.attn_backend), probe.device.type, dtype)]
 
 
 @torch.compiler.disable  # imports and probes run once, eagerly, outside torch.compile's graph

@@ -8,6 +8,7 @@ Batches come from a generator keyed by (seed, global micro-batch index), so W ra
 batches one rank with W times the accumulation sees, and a resumed run replays and skips nothing.
 out_dir/ckpt.pt is the latest full state (for --init_from=resume); out_dir/best.pt the lowest val loss.
 """
+import gc
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import tokenizer
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import configure, fail
 from device import DTYPES, choose, peak_flops
-from model import BackendError, Llama, ModelConfig, causal_attention
+from model import BackendError, Llama, ModelConfig, pick_attention_backend
 
 # -----------------------------------------------------------------------------
 # data and output
@@ -268,10 +269,8 @@ model_config = raw_model.config
 if block_size > model_config.max_seq_len:
     fail(f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}")
 raw_model.to(device)
-try:  # the attention kernel is chosen (and logged) once, here, rather than failing mid-run
-    probe = torch.zeros(1, 8, model_config.n_heads, model_config.head_dim, device=device,
-                        dtype=torch.float32 if dtype == "float32" else DTYPES[dtype])
-    causal_attention(probe, probe[:, :, :model_config.n_kv_heads], probe[:, :, :model_config.n_kv_heads], attn_backend)
+try:  # the attention kernel is chosen (and logged) once, here, rather than failing mid-run or inside compile
+    pick_attention_backend(model_config, device, DTYPES[dtype])
 except BackendError as e:
     fail(str(e))
 
@@ -493,5 +492,10 @@ while True:
         break
 
 if ddp:
-    dist.barrier()  # every rank has finished its last collective before any tears the group down
+    # DDP's reducer holds the gloo process group: left alive, it is destroyed during interpreter shutdown
+    # with its threads still joinable, and std::terminate aborts the rank ("terminate called without an
+    # active exception", exit 1 after a good run). Free it, then tear the group down while Python is alive.
+    del model
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()

@@ -219,3 +219,11 @@ def test_evaluation_loss_needs_no_gradients():
 def test_impossible_shapes_are_refused_with_a_clear_message(shape, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**{"dim": 64, "n_heads": 4, **shape})
+
+
+def test_the_training_forward_and_loss_compile_into_one_graph():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 16))
+    assert M.pick_attention_backend(model.config, "cpu", torch.float32) == "sdpa"  # chosen before the trace
+    explained = torch._dynamo.explain(model)(idx, idx)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
