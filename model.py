@@ -287,7 +287,7 @@ class Llama(nn.Module):
 
 # ----------------------------------------------------------------------------- loss
 
-LOSS_CHUNK = 4096  # rows of logits alive at once: 4096 x 50257 fp32 is 0.8 GB instead of B*T/4096 times that
+LOSS_CHUNK_ELEMENTS = 2 ** 26  # logits alive at once: 256 MB in fp32 (1335 rows of GPT-2's 50257), not B*T rows
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -307,18 +307,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.weight_dtype = weight.dtype
         grad_h = torch.empty_like(h) if need_grad else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
-        for start in range(0, h.shape[0], LOSS_CHUNK):
-            rows, target, keep = h[start:start + LOSS_CHUNK], targets[start:start + LOSS_CHUNK], valid[start:start + LOSS_CHUNK]
+        chunk = max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0])
+        for start in range(0, h.shape[0], chunk):
+            rows, target, keep = h[start:start + chunk], targets[start:start + chunk], valid[start:start + chunk]
             logits = (rows @ weight.t().to(rows.dtype)).float()
             logsumexp = logits.logsumexp(-1)
             target_logit = logits.gather(1, target.clamp(min=0)[:, None])[:, 0]
             total += ((logsumexp - target_logit) * keep).sum()
             if need_grad:
-                probs = (logits - logsumexp[:, None]).exp_()
+                probs = logits.sub_(logsumexp[:, None]).exp_()  # in place: one chunk-sized tensor at a time
                 probs[torch.arange(len(rows), device=h.device), target.clamp(min=0)] -= 1
                 probs *= keep[:, None]
                 probs = probs.to(rows.dtype)
-                grad_h[start:start + LOSS_CHUNK] = probs @ weight.to(rows.dtype)
+                grad_h[start:start + chunk] = probs @ weight.to(rows.dtype)
                 grad_w += (probs.t() @ rows).float()
         if need_grad:
             ctx.save_for_backward(grad_h, grad_w, count)

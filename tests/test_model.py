@@ -187,9 +187,9 @@ def test_flops_per_token_is_palms_formula():
     assert model.flops_per_token(32) == 6 * n + 12 * 2 * 4 * 16 * 32
 
 
-@pytest.mark.parametrize("chunk", [7, 4096])
-def test_chunked_loss_and_gradients_equal_full_cross_entropy(monkeypatch, chunk):
-    monkeypatch.setattr(M, "LOSS_CHUNK", chunk)  # 7 splits the 2 x 12 rows unevenly
+@pytest.mark.parametrize("chunk_rows", [7, 4096])
+def test_chunked_loss_and_gradients_equal_full_cross_entropy(monkeypatch, chunk_rows):
+    monkeypatch.setattr(M, "LOSS_CHUNK_ELEMENTS", chunk_rows * 97)  # 7 rows split the 2 x 12 rows unevenly
     model, reference = tiny(), tiny()
     idx = torch.randint(0, 97, (2, 12))
     targets = torch.randint(0, 97, (2, 12))
