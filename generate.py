@@ -44,6 +44,18 @@ def prepare_for_decoding(model):
     return model
 
 
+def compile_for_decoding(model):
+    """torch.compile for sampling. On GPUs: CUDA graphs (mode="reduce-overhead"), as one decode step is
+    hundreds of tiny kernels. On CPU: max-autotune with the weights frozen into the graph, so inductor's
+    own matrix kernels (which use every core for one row, where MKL's use one) can be chosen. Compiling
+    takes a minute or more the first time (cached afterwards): it pays for long or many generations."""
+    if next(model.parameters()).is_cuda:
+        return torch.compile(model, mode="reduce-overhead")
+    import torch._inductor.config
+    torch._inductor.config.freezing = True  # for every compile in this process: sampling scripts only
+    return torch.compile(model, mode="max-autotune")
+
+
 def new_cache(model, batch_size):
     """The static KV cache: one (k, v) pair of (B, n_kv_heads, max_seq_len, head_dim) buffers per layer."""
     cfg, weight = model.config, model.lm_head.weight

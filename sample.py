@@ -20,7 +20,7 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import DEFAULTS, check_settings, prepare_for_decoding, stream as stream_tokens
+from generate import DEFAULTS, check_settings, compile_for_decoding, prepare_for_decoding, stream as stream_tokens
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -37,7 +37,7 @@ repetition_penalty = DEFAULTS["repetition_penalty"]  # 1.0: off
 seed = 1337
 device = ""  # '' picks cuda, then mps, then cpu
 dtype = ""  # '' picks bfloat16 on CUDA where supported, else float32
-compile = False  # torch.compile the model (pays off only for long generations on GPU)
+compile = False  # torch.compile for decoding (max-autotune; a minute of compiling the first time)
 stream = True  # print the story as it is written (one sample only; several are printed when all are done)
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -67,7 +67,7 @@ except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
     fail(str(e))
 model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
 if compile:
-    model.forward = torch.compile(model.forward, dynamic=True)
+    model = compile_for_decoding(model)
 
 prompt = [enc.eot_token] + enc.encode(start, allowed_special={tokenizer.EOT})
 context = model.config.max_seq_len

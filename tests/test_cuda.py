@@ -135,3 +135,12 @@ def test_ddp_over_nccl_equals_gradient_accumulation(data_dir, tmp_path):
     rank0, single = (torch.load(tmp_path / d / "rank0.pt") for d in ("two", "one"))
     for k in single:
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-3, atol=1e-4)
+
+
+def test_decoding_under_cuda_graphs_gives_the_eager_tokens():
+    from generate import compile_for_decoding, generate
+    model = tiny().eval()
+    idx = batch(model, B=2, T=8)
+    greedy = dict(temperature=0, repetition_penalty=1.0)
+    eager = generate(model, idx, 24, **greedy)
+    assert torch.equal(generate(compile_for_decoding(model), idx, 24, **greedy), eager)

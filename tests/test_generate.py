@@ -136,3 +136,12 @@ def test_the_cache_holds_every_layers_keys_and_values_for_the_whole_context():
 def test_settings_out_of_range_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
         G.check_settings(**{**G.DEFAULTS, **settings})
+
+
+def test_the_traced_decode_gives_the_eager_tokens():
+    """What torch.compile captures of a cached decode (the in-place cache writes, the position that changes
+    every step) gives the eager tokens; inductor's own kernels are checked on GPU, in test_cuda.py."""
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 5))
+    eager = generate(model, idx, 12, **GREEDY)
+    assert torch.equal(generate(torch.compile(model, backend="aot_eager"), idx, 12, **GREEDY), eager)
