@@ -9,6 +9,8 @@ only: it is handed a cache and the position of its input, and this file decides 
 import torch
 import torch.nn as nn
 
+import tokenizer
+
 # the seeds' recommended settings: sample.py's and serve.py's defaults, and the exported generation_config.json
 DEFAULTS = {"temperature": 0.7, "top_k": 0, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 256}
 
@@ -26,6 +28,16 @@ def check_settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens
                          "above 1 discourages repeats)")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+
+
+def encode_prompt(enc, text, context):
+    """(ids, warning): <|endoftext|> then the text, as every story was in training, cropped to its last
+    context - 1 tokens (room for one new token) when longer, with a warning saying so (else None)."""
+    ids = [enc.eot_token] + enc.encode(text, allowed_special={tokenizer.EOT})
+    if len(ids) < context:
+        return ids, None
+    return ids[-(context - 1):], (f"the prompt has {len(ids)} tokens and the model's context is {context}; "
+                                  f"kept its last {context - 1}")
 
 
 def prepare_for_decoding(model):

@@ -20,7 +20,8 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import DEFAULTS, check_settings, compile_for_decoding, prepare_for_decoding, stream as stream_tokens
+from generate import (DEFAULTS, check_settings, compile_for_decoding, encode_prompt, prepare_for_decoding,
+                      stream as stream_tokens)
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -69,12 +70,9 @@ model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
 if compile:
     model = compile_for_decoding(model)
 
-prompt = [enc.eot_token] + enc.encode(start, allowed_special={tokenizer.EOT})
-context = model.config.max_seq_len
-if len(prompt) >= context:
-    print(f"warning: the prompt has {len(prompt)} tokens and the model's context is {context}; "
-          f"keeping its last {context - 1}", file=sys.stderr)
-    prompt = prompt[-(context - 1):]
+prompt, warning = encode_prompt(enc, start, model.config.max_seq_len)
+if warning:
+    print(f"warning: {warning}", file=sys.stderr)
 idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
 
 live = stream and num_samples == 1

@@ -36,7 +36,7 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import DEFAULTS, check_settings, prepare_for_decoding, stream
+from generate import DEFAULTS, check_settings, encode_prompt, prepare_for_decoding, stream
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -221,12 +221,7 @@ def new_job(body, openai):
     if not (isinstance(settings["stop"], list) and len(settings["stop"]) <= 4
             and all(isinstance(s, str) and s for s in settings["stop"])):
         raise ApiError(400, "stop must be a string or a list of at most 4 strings, none empty", "stop")
-    prompt_ids = [enc.eot_token] + enc.encode(prompt, allowed_special={tokenizer.EOT})  # as sample.py
-    context, warning = model.config.max_seq_len, None
-    if len(prompt_ids) >= context:
-        warning = (f"the prompt has {len(prompt_ids)} tokens and the model's context is {context}; "
-                   f"kept its last {context - 1}")
-        prompt_ids = prompt_ids[-(context - 1):]
+    prompt_ids, warning = encode_prompt(enc, prompt, model.config.max_seq_len)  # as sample.py
     return Job(prompt_ids, settings, warning)
 
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import generate as G
+import tokenizer
 from generate import generate, new_cache, prepare_for_decoding, stream
 from model import Llama, ModelConfig
 
@@ -145,3 +146,13 @@ def test_the_traced_decode_gives_the_eager_tokens():
     idx = torch.randint(0, 97, (2, 5))
     eager = generate(model, idx, 12, **GREEDY)
     assert torch.equal(generate(torch.compile(model, backend="aot_eager"), idx, 12, **GREEDY), eager)
+
+
+def test_a_prompt_is_preceded_by_end_of_text_and_cropped_to_leave_room_for_a_token():
+    enc = tokenizer.gpt2_encoding()
+    ids, warning = G.encode_prompt(enc, "Once upon a time", 32)
+    assert ids == [enc.eot_token] + enc.encode_ordinary("Once upon a time") and warning is None
+    long = " ".join(["word"] * 40)
+    ids, warning = G.encode_prompt(enc, long, 32)
+    assert ids == ([enc.eot_token] + enc.encode_ordinary(long))[-31:] and "kept its last 31" in warning
+

@@ -68,7 +68,7 @@ def test_prompt_from_a_file_and_an_empty_prompt(trained, tmp_path):
 def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
     result = sample(trained, "--start=" + "Lily and Max play. " * 40)
     assert result.returncode == 0, result.stderr
-    assert "warning: the prompt has" in result.stderr and "keeping its last 63" in result.stderr
+    assert "warning: the prompt has" in result.stderr and "kept its last 63" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
