@@ -86,7 +86,8 @@ def model_from_checkpoint(checkpoint, **overrides):
 def load_model(out_dir="", ckpt="", hf_dir=""):
     """(model, tokenizer spec, facts) from a training run's checkpoint, or from a HF Llama directory.
 
-    facts: where the model came from, and for our checkpoints the iteration and val figures.
+    facts: where the model came from, and for our checkpoints the iteration, the val figures and the
+    data_dir it was trained on (None if the checkpoint holds no training config).
     """
     if hf_dir:
         from hf import load_hf
@@ -95,5 +96,6 @@ def load_model(out_dir="", ckpt="", hf_dir=""):
     path = checkpoint_path(out_dir, ckpt)
     checkpoint = load_checkpoint(path)
     facts = {"source": path, "iter_num": checkpoint.get("iter_num"),
-             **{k: checkpoint[k] for k in ("val_loss", "val_bpb") if k in checkpoint}}
+             **{k: checkpoint[k] for k in ("val_loss", "val_bpb") if k in checkpoint},
+             "data_dir": (checkpoint.get("config") or {}).get("data_dir")}
     return model_from_checkpoint(checkpoint), checkpoint["tokenizer"], facts
