@@ -58,20 +58,39 @@ def finished_run(data_dir):
     return out
 
 
-def test_loss_falls_and_logs_every_field(data_dir, tmp_path):
-    train(data_dir, tmp_path, "--max_iters=60", "--eval_interval=30")
-    vals = val_losses(tmp_path)
+SHORT = ["--max_iters=60", "--eval_interval=30"]
+
+
+@pytest.fixture(scope="module")
+def short_run(data_dir):
+    """60 iterations of train.py's default recipe (evals at 0, 30 and 60)."""
+    out = data_dir.parent / "short"
+    train(data_dir, out, *SHORT)
+    return out
+
+
+def test_loss_falls_and_logs_every_field(data_dir, short_run):
+    vals = val_losses(short_run)
     assert [i for i, _ in vals] == [0, 30, 60]
     assert vals[-1][1] < vals[0][1] - 1.0
-    train_record = next(r for r in records(tmp_path) if "loss" in r)
+    train_record = next(r for r in records(short_run) if "loss" in r)
     assert set(train_record) == {"iter", "loss", "lr", "ms", "tok_per_s", "mfu"}
     assert train_record["mfu"] is None  # CPU
-    eval_record = records(tmp_path)[-1]
+    eval_record = records(short_run)[-1]
     assert set(eval_record) == {"iter", "val_loss", "val_ppl", "val_bpb"}
     meta = json.load(open(data_dir / "meta.json"))
     bytes_per_token = meta["val"]["bytes"] / meta["val"]["tokens"]
     assert eval_record["val_bpb"] == pytest.approx(eval_record["val_loss"] / np.log(2) / bytes_per_token)
     assert eval_record["val_ppl"] == pytest.approx(np.exp(eval_record["val_loss"]))
+
+
+def test_the_default_recipe_beats_adamw_on_the_same_budget(data_dir, short_run, tmp_path):
+    # the baseline preset sets the whole recipe, so TINY's schedule is given again after it
+    train(data_dir, tmp_path, "config/train_baseline_adamw.py", "--learning_rate=3e-3", "--warmup_iters=5",
+          "--min_lr=3e-4", *SHORT)
+    default, adamw = (torch.load(run / "ckpt.pt", weights_only=True) for run in (short_run, tmp_path))
+    assert (default["config"]["optimizer"], adamw["config"]["optimizer"]) == ("muon", "adamw")
+    assert default["val_loss"] < adamw["val_loss"] - 0.3  # measured: 2.80 against 3.83 nats
 
 
 def test_one_batch_can_be_overfit(data_dir, tmp_path):
@@ -103,6 +122,8 @@ def test_best_checkpoint_holds_the_weights_of_the_lowest_val_loss_and_no_optimiz
 def test_sigterm_then_resume_gives_bit_identical_losses_and_a_clean_log(data_dir, tmp_path):
     args = ["--max_iters=120", "--eval_interval=40", "--dropout=0.1"]
     train(data_dir, tmp_path / "full", *args)
+    config = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)["config"]
+    assert (config["optimizer"], config["lr_schedule"]) == ("muon", "wsd")  # the default recipe resumes exactly
     out = tmp_path / "resumed"
     cmd = [sys.executable, "train.py", f"--data_dir={data_dir}", f"--out_dir={out}", *TINY, *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -169,15 +190,23 @@ def test_a_loss_plot_is_drawn_without_any_plotting_package(finished_run):
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "val" in svg
 
 
-def test_muon_holds_exactly_the_blocks_matrices_and_adamw_the_rest(data_dir, tmp_path):
-    train(data_dir, tmp_path, "--optimizer=muon", "--max_iters=1", "--eval_interval=1")
+def test_muon_holds_the_blocks_matrices_adamw_the_rest_and_lr_scale_and_momentum_warmup_apply(data_dir, tmp_path):
+    train(data_dir, tmp_path, "--optimizer=muon", "--max_iters=3", "--eval_interval=3", "--embedding_lr_scale=4",
+          "--muon_momentum_warmup=4")
     ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
     adamw, muon = ckpt["optimizer"]
     blocks = {k: v.shape for k, v in ckpt["model"].items() if k.startswith("layers.") and v.dim() == 2}
     muon_shapes = sorted(tuple(s["momentum_buffer"].shape) for s in muon["state"].values())
     assert muon_shapes == sorted(tuple(s) for s in blocks.values()) and len(blocks) == 4 * 2
     adamw_params = sum(len(g["params"]) for g in adamw["param_groups"])
-    assert adamw_params == len(ckpt["model"]) - len(blocks) - 1  # the rest, the tied head counted once
+    assert adamw_params == len(ckpt["model"]) - len(blocks)  # the rest: embedding, untied head, norms
+    (embedding,), (head,), _ = (g["params"] for g in adamw["param_groups"])
+    # only the rows of tokens in the batch get a gradient in the embedding; every row does in the head
+    assert (adamw["state"][embedding]["exp_avg"].abs().sum(1) == 0).any()
+    assert (adamw["state"][head]["exp_avg"].abs().sum(1) > 0).all()
+    lr = muon["param_groups"][0]["lr"]
+    assert [g["lr"] for g in adamw["param_groups"]] == [pytest.approx(4 * lr), lr, lr]
+    assert muon["param_groups"][0]["momentum"] == pytest.approx(0.85 + (0.95 - 0.85) * 2 / 4)  # step 2 of 4's warmup
 
 
 def test_the_wsd_schedule_warms_up_holds_then_decays_linearly(data_dir, tmp_path):
@@ -238,10 +267,12 @@ def test_ddp_two_ranks_equal_one_rank_with_double_accumulation(data_dir, tmp_pat
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     single = torch.load(tmp_path / "one" / "rank0.pt")
+    # the gradient sums differ in order only, but Muon orthogonalises them in bfloat16, which carries that
+    # rounding into the weights at bfloat16's precision: close, where a wrong batch or scale would be far off
     for k in single:
-        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(rank0[k], single[k], rtol=1e-2, atol=2e-3)
     for (i, a), (j, b) in zip(val_losses(tmp_path / "two"), val_losses(tmp_path / "one")):
-        assert i == j and a == pytest.approx(b, rel=1e-5)
+        assert i == j and a == pytest.approx(b, rel=1e-3)
     assert list(train_losses(tmp_path / "two")) == list(range(1, 9))
 
 
