@@ -307,11 +307,16 @@ def muon_momentum_at(it):
 optimizers = make_optimizers(raw_model)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
 if checkpoint is not None:
-    if len(checkpoint["optimizer"]) != len(optimizers):
-        fail(f"{ckpt_path} was trained with --optimizer={checkpoint['config'].get('optimizer', 'adamw')}; resume "
-             "with the same optimizer")
-    for opt, state in zip(optimizers, checkpoint["optimizer"]):
-        opt.load_state_dict(state)
+    states = checkpoint["optimizer"]
+    try:  # another optimizer, other parameter groups, or a checkpoint from before q/k/v were fused
+        if not isinstance(states, list) or len(states) != len(optimizers):
+            raise ValueError("another number of optimizers")
+        for opt, state in zip(optimizers, states):
+            opt.load_state_dict(state)
+    except (ValueError, KeyError) as e:
+        fail(f"{ckpt_path}'s optimizer state does not fit this run's optimizer ({e}); resume with the recipe it "
+             f"was trained with (its config: optimizer={checkpoint['config'].get('optimizer', 'adamw')!r}), or "
+             "export it (export.py) and start from its weights with --init_from=hf:DIR")
     scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint["rng"][rank] if rank < len(checkpoint["rng"]) else None
     if rng is not None:

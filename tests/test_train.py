@@ -254,16 +254,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
 
 
 @pytest.mark.slow
-def test_ddp_two_ranks_equal_one_rank_with_double_accumulation(data_dir, tmp_path):
-    common = [f"--data_dir={data_dir}", *TINY, "--max_iters=8", "--eval_interval=4", "--gradient_accumulation_steps=4"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "tests/ddp_worker.py"]
-    two = subprocess.run(torchrun + common + [f"--out_dir={tmp_path / 'two'}"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert two.returncode == 0, two.stdout + two.stderr
-    rank0, rank1 = (torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1))
+def test_ddp_two_ranks_equal_one_rank_with_double_accumulation_and_resume_exactly(data_dir, tmp_path):
+    common = [f"--data_dir={data_dir}", *TINY, "--eval_interval=4", "--gradient_accumulation_steps=4"]
+
+    def torchrun(out, *args):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "tests/ddp_worker.py", *common, f"--out_dir={out}", *args], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+
+    rank0, rank1 = torchrun(tmp_path / "two", "--max_iters=8")
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
-    one = subprocess.run([sys.executable, "tests/ddp_worker.py"] + common + [f"--out_dir={tmp_path / 'one'}"],
+    assert list(train_losses(tmp_path / "two")) == list(range(1, 9))
+    # stopped at 4 and resumed on 2 ranks: bit-identical to the uninterrupted run, Muon's state included
+    torchrun(tmp_path / "resumed", "--max_iters=4")
+    resumed, _ = torchrun(tmp_path / "resumed", "--max_iters=8", "--init_from=resume")
+    assert all(torch.equal(resumed[k], rank0[k]) for k in rank0)
+    assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "two")
+    one = subprocess.run([sys.executable, "tests/ddp_worker.py", *common, "--max_iters=8", f"--out_dir={tmp_path / 'one'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     single = torch.load(tmp_path / "one" / "rank0.pt")
@@ -273,14 +282,15 @@ def test_ddp_two_ranks_equal_one_rank_with_double_accumulation(data_dir, tmp_pat
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-2, atol=2e-3)
     for (i, a), (j, b) in zip(val_losses(tmp_path / "two"), val_losses(tmp_path / "one")):
         assert i == j and a == pytest.approx(b, rel=1e-3)
-    assert list(train_losses(tmp_path / "two")) == list(range(1, 9))
 
 
 def bad_train_input(case, data_dir, finished_run, tmp_path, monkeypatch):
     """(arguments, the message the one error line must hold) for each kind of bad input."""
     resume = ["--init_from=resume", f"--out_dir={tmp_path / 'run'}"]
-    if case in ("resume with another shape", "resume without optimizer", "empty checkpoint", "checkpoint without tokenizer"):
+    if case in ("resume with another shape", "resume with another optimizer", "resume without optimizer", "empty checkpoint", "checkpoint without tokenizer"):
         shutil.copytree(finished_run, tmp_path / "run")
+    if case == "resume with another optimizer":
+        return resume + ["--optimizer=adamw"], "optimizer state does not fit"
     if case == "resume with another shape":
         return resume + ["--dim=128"], "--dim=128 conflicts with"
     if case == "resume without optimizer":
@@ -349,7 +359,8 @@ def bad_train_input(case, data_dir, finished_run, tmp_path, monkeypatch):
 CASES = ["missing data_dir", "block_size larger than data", "block_size larger than context",
          "accumulation not divisible", "zero batch", "zero eval_iters", "zero eval_interval", "zero log_interval",
          "negative seed", "resume with no checkpoint", "corrupt checkpoint", "empty checkpoint",
-         "checkpoint without tokenizer", "resume without optimizer", "resume with another shape", "vocabulary mismatch",
+         "checkpoint without tokenizer", "resume without optimizer", "resume with another shape",
+         "resume with another optimizer", "vocabulary mismatch",
          "truncated meta.json", "unknown init_from", "unknown optimizer", "unknown schedule", "odd dim",
          "impossible kv heads", "dropout above 1", "device meta", "float16 on cpu", "flash attention missing",
          "out_dir is a file", "out_dir cannot be created", "wandb missing"]
