@@ -1,11 +1,16 @@
-"""Benchmarks that print figures (no pass/fail): python bench.py --what=prepare|decode [--compile=True]
+"""Benchmarks that print figures (no pass/fail): python bench.py --what=prepare|decode|train|recipe
 
 prepare: prepare.py as a whole process on `stories` repeated to about `prepare_mb` MB, beside the ceiling
          (a process that only reads the file, splits the stories over all cores and encodes them).
-decode:  CPU generation of llama2.c's 15M shape with the KV cache, with full recompute, and the
-         bandwidth floor (weight bytes over one large matrix-vector product's bandwidth).
+decode:  our sampler (generate.py, the path sample.py takes) at llama2.c's 15M and 42M shapes, batch 1, 4 and 16,
+         alternating with llama2.c's run.c (../shared/anchors/llama2c_decode.py) in the same minutes; --compile=True
+         adds compile_for_decoding. Ends with the line `decode tok/s: N` (15M, batch 1, fp32, sample.py's path).
+train:   a preset's training step (forward, chunked loss, backward, AdamW) on random tokens: ms/iter, tokens/s,
+         MFU on GPUs, peak memory, attention backend, compile time; with --llama2c_dir, llama2.c's model.py beside it.
+recipe:  every training recipe's lr sweep at equal tokens on held-out stories (see bench_recipe).
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -16,7 +21,17 @@ from configurator import configure
 what = "prepare"
 stories = "../shared/tinystories/stories_2500.txt"
 prepare_mb = 200
-compile = False  # decode: also time the decode step under torch.compile (about 25 s of compiling on 2 cores)
+compile = False  # decode: also time torch.compile (max-autotune, frozen weights); train: compile the model
+threads = 2  # decode: torch threads, and run.c's OpenMP threads
+rounds = 3  # decode and train: alternating rounds, for ranges on a noisy machine
+decode_shapes = "15M,42M"  # decode: of SHAPES
+decode_tokens = 256  # decode: new tokens per sample
+preset = "config/train_llama2c_15m.py"  # train: the config file whose shape and batch are timed
+train_device = ""  # train: '' picks cuda, then mps, then cpu
+train_steps = 5  # train: steps timed per round, after one warm-up step
+train_batch_size = 0  # train: replaces the preset's batch_size (0: keep it)
+train_vocab_size = 0  # train: the vocabulary (0: 32000, llama2.c's)
+llama2c_dir = ""  # train: a checkout of llama2.c, whose model.py is timed beside ours
 # recipe: every recipe's lr sweep at equal tokens on `stories`, its first recipe_train_stories for training
 recipes = "adamw,muon,muon_wsd,default"  # which of RECIPES to run, comma-separated; the first sets the target
 recipe_lrs = ""  # replaces sweeps, e.g. "adamw=5e-3;default=1e-2,2e-2"
@@ -74,50 +89,163 @@ def bench_prepare():
         print(f"prepare.py reaches {ceiling / prep:.0%} of the ceiling")
 
 
+SHAPES = {"15M": dict(dim=288, n_layers=6, n_heads=6, max_seq_len=256),
+          "42M": dict(dim=512, n_layers=8, n_heads=8, max_seq_len=1024)}
+
+
+def llama2c_decode(shape, tokens):
+    """run.c's own "achieved tok/s" (best of 3) at this shape, or None where the anchor is not beside us."""
+    anchor = os.path.join(HERE, "..", "shared", "anchors", "llama2c_decode.py")
+    if not os.path.isfile(anchor):
+        return None
+    out = subprocess.run([sys.executable, anchor, f"--dim={shape['dim']}", f"--n_layers={shape['n_layers']}",
+                          f"--n_heads={shape['n_heads']}", f"--seq_len={shape['max_seq_len']}", f"--steps={tokens}",
+                          f"--threads={threads}"], capture_output=True, text=True)
+    found = re.search(r"([0-9.]+) tok/s", out.stdout)
+    return float(found.group(1)) if found else None
+
+
 def bench_decode():
+    """Our sampler beside llama2.c's run.c, alternating in the same minutes: fp32, greedy, 16-token prompt."""
     import torch
+    from generate import compile_for_decoding, prepare_for_decoding, stream
     from model import Llama, ModelConfig
-    torch.manual_seed(0)
-    model = Llama(ModelConfig(dim=288, n_layers=6, n_heads=6, vocab_size=32000, tie_embeddings=True,
-                              max_seq_len=512)).eval()
-    prompt = torch.randint(0, 32000, (1, 16))
-    new_tokens = 256
+    torch.set_num_threads(threads)
+    print(f"{threads} threads, fp32, greedy, 16-token prompt, {decode_tokens} new tokens, {rounds} rounds "
+          "(ranges are min-max over rounds)")
+    print(f"{'shape':<6} {'sampler':<44} {'tok/s':>16} {'first token ms':>15}")
+    headline = None
+    for name in decode_shapes.split(","):
+        shape = SHAPES[name]
+        torch.manual_seed(0)
+        model = prepare_for_decoding(Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)))
+        runs = {}
 
-    def tokens_per_s(**kwargs):  # the best of 3 runs: this machine's timings are noisy
-        model.generate(prompt, 16, **kwargs)  # warm-up
-        best = float("inf")
-        for _ in range(3):
+        def timed(label, model, batch):
+            prompt = torch.randint(0, 32000, (batch, 16))
             start = time.perf_counter()
-            model.generate(prompt, new_tokens, **kwargs)
-            best = min(best, time.perf_counter() - start)
-        return new_tokens / best
+            first = None
+            for n, _ in enumerate(stream(model, prompt, decode_tokens, temperature=0, repetition_penalty=1.0), 1):
+                first = first or time.perf_counter() - start
+            runs.setdefault(label, []).append((batch * n / (time.perf_counter() - start), first * 1e3))
 
-    cached, recompute = tokens_per_s(use_cache=True), tokens_per_s(use_cache=False)
-    if compile:
-        model.forward = torch.compile(model.forward, dynamic=True)
-        compiled = tokens_per_s(use_cache=True)
-    # the floor: every weight read once per token, at the bandwidth of one large matrix-vector product
-    matrix, vector = torch.randn(8192, 8192), torch.randn(8192)
-    for _ in range(3):
-        matrix @ vector
-    seconds = []
-    for _ in range(20):
+        samplers = [("ours, batch 1 (sample.py's path)", model, 1), ("ours, batch 4 (total tok/s)", model, 4),
+                    ("ours, batch 16 (total tok/s)", model, 16)]
+        if compile:
+            compiled = compile_for_decoding(model)
+            start = time.perf_counter()
+            with torch.no_grad():
+                timed("ours, compiled (first call, with compiling)", compiled, 1)
+            print(f"{name:<6} compile time: {time.perf_counter() - start:.1f} s")
+            samplers.append(("ours, batch 1, compiled max-autotune", compiled, 1))
+        timed("warm-up", model, 1)
+        for _ in range(rounds):
+            for label, m, batch in samplers:
+                timed(label, m, batch)
+            rc = llama2c_decode(shape, decode_tokens)
+            if rc is not None:
+                runs.setdefault("llama2.c run.c", []).append((rc, float("nan")))
+        for label, figures in runs.items():
+            if label == "warm-up":
+                continue
+            rates, firsts = zip(*figures)
+            print(f"{name:<6} {label:<44} {min(rates):7.0f}-{max(rates):<8.0f} {min(firsts):15.1f}")
+        if name == "15M":
+            headline = sorted(r for r, _ in runs["ours, batch 1 (sample.py's path)"])[len(runs["ours, batch 1 (sample.py's path)"]) // 2]
+            if "llama2.c run.c" in runs:
+                ours = [r for r, _ in runs["ours, batch 1 (sample.py's path)"]]
+                theirs = [r for r, _ in runs["llama2.c run.c"]]
+                print(f"15M ratio to run.c, round by round: {', '.join(f'{a / b:.2f}x' for a, b in zip(ours, theirs))}")
+    if headline is not None:
+        print(f"decode tok/s: {headline:.0f}")
+
+
+def bench_train():
+    """ms/iter, tokens/s, MFU, peak memory, attention backend and compile time of a preset's training step,
+    on random tokens; on CPU also the ratio to llama2.c's model.py (--llama2c_dir) at the same shape."""
+    import torch
+    from device import DTYPES, choose, peak_flops
+    from model import Llama, ModelConfig, pick_attention_backend
+    options = {"dim": 288, "n_layers": 6, "n_heads": 6, "n_kv_heads": 0, "hidden_dim": 0, "vocab_size": 32000,
+               "tie_embeddings": True, "block_size": 256, "batch_size": 8}
+    if preset:  # the preset's shape and batch: those of its assignments we know
+        assignments = {}
+        exec(open(preset).read(), assignments)
+        options.update({k: v for k, v in assignments.items() if k in options})
+    options.update({k: v for k, v in (("batch_size", train_batch_size), ("vocab_size", train_vocab_size)) if v})
+    device, dtype = choose(train_device, "")
+    torch.manual_seed(0)
+    model = Llama(ModelConfig(max_seq_len=options["block_size"], **{k: options[k] for k in options
+                                                                    if k not in ("block_size", "batch_size")})).to(device)
+    backend = pick_attention_backend(model.config, device, DTYPES[dtype])
+    x = torch.randint(0, options["vocab_size"], (options["batch_size"], options["block_size"]), device=device)
+    autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[dtype], enabled=dtype != "float32")
+    tokens = x.numel()
+
+    def step_fn(m):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device.startswith("cuda"))
+        forward = torch.compile(m) if compile else m
+
+        def step():
+            with autocast:
+                loss = forward(x, x)
+            if loss.dim():  # llama2.c's forward returns the logits and keeps the loss in last_loss
+                loss = m.last_loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def time_steps(step):
         start = time.perf_counter()
-        matrix @ vector
-        seconds.append(time.perf_counter() - start)
-    bandwidth = matrix.numel() * 4 / min(seconds)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    floor = weight_bytes / bandwidth
-    print(f"llama2.c 15M shape ({model.num_params() / 1e6:.1f}M params, fp32), batch 1, 16-token prompt, "
-          f"{new_tokens} new tokens, {torch.get_num_threads()} threads")
-    print(f"{'what':<40} {'ms/token':>9} {'tokens/s':>9}")
-    print(f"{'KV cache (prefill + decode steps)':<40} {1e3 / cached:9.2f} {cached:9.0f}")
-    if compile:
-        print(f"{'KV cache, torch.compile':<40} {1e3 / compiled:9.2f} {compiled:9.0f}")
-    print(f"{'full recompute every step (nanoGPT)':<40} {1e3 / recompute:9.2f} {recompute:9.0f}")
-    print(f"{'floor: %.0f MB of weights at %.1f GB/s' % (weight_bytes / 1e6, bandwidth / 1e9):<40} "
-          f"{1e3 * floor:9.2f} {1 / floor:9.0f}")
-    print(f"KV cache: {cached / recompute:.1f}x recompute, {cached * floor:.0%} of the floor's speed")
+        for _ in range(train_steps):
+            step()
+        sync()
+        return (time.perf_counter() - start) / train_steps
+
+    ours = step_fn(model)
+    start = time.perf_counter()
+    ours()
+    sync()
+    first = time.perf_counter() - start
+    peers = {}
+    if llama2c_dir and device == "cpu":
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("llama2c_model", os.path.join(llama2c_dir, "model.py"))
+        llama2c = importlib.util.module_from_spec(spec)  # llama2.c's model.py (MIT), read from its checkout
+        spec.loader.exec_module(llama2c)
+        args = llama2c.ModelArgs(dim=options["dim"], n_layers=options["n_layers"], n_heads=options["n_heads"],
+                         vocab_size=options["vocab_size"], max_seq_len=options["block_size"], dropout=0.0)
+        theirs = llama2c.Transformer(args)
+        peer_step = step_fn(theirs)
+        peer_step()
+        peers["llama2.c model.py"] = peer_step
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    figures = {"ours": [], **{k: [] for k in peers}}
+    for _ in range(rounds):  # alternate, so both see the same machine
+        figures["ours"].append(time_steps(ours))
+        for label, step in peers.items():
+            figures[label].append(time_steps(step))
+    peak = peak_flops(device)
+    print(f"{model.num_params() / 1e6:.2f}M parameters, batch {options['batch_size']} x {options['block_size']}, "
+          f"{device} {dtype}, attention {backend}, compile={compile} (first step {first:.1f} s)")
+    for label, seconds in figures.items():
+        best = min(seconds)
+        mfu = "" if peak is None else f", mfu {model.flops_per_token(options['block_size']) * tokens / best / peak:.1%}"
+        print(f"{label:<20} {best * 1e3:8.1f} ms/iter {tokens / best:10,.0f} tok/s (best of {rounds}){mfu}")
+    if peers:
+        ratios = [a / b for a, b in zip(figures["llama2.c model.py"], figures["ours"])]
+        print(f"ours / llama2.c tokens/s, round by round: {', '.join(f'{r:.2f}x' for r in ratios)}")
+    if device.startswith("cuda"):
+        print(f"peak memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    else:
+        import resource
+        print(f"peak memory (process RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
 # name: (train.py arguments, learning rates swept); every run adds the setting's shape, batch and schedule length
@@ -217,4 +345,4 @@ def bench_recipe():
 
 
 if __name__ == "__main__":
-    {"prepare": bench_prepare, "decode": bench_decode, "recipe": bench_recipe}[what]()
+    {"prepare": bench_prepare, "decode": bench_decode, "train": bench_train, "recipe": bench_recipe}[what]()
