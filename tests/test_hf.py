@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tokenizer
-from conftest import assert_clean_error, make_stories, run_script
+from conftest import assert_clean_error, make_stories, run_in_process
 from generate import generate
 from hf import HFError, export_hf as export, load_hf
 from model import Llama, ModelConfig
@@ -76,7 +76,7 @@ def test_sample_py_greedy_equals_transformers_greedy_on_an_exported_model(tmp_pa
     if enc.eot_token in ids:
         ids = ids[:ids.index(enc.eot_token)]
     for source in (f"--out_dir={tmp_path / 'out'}", f"--hf_dir={tmp_path / 'hf'}"):
-        result = run_script("sample.py", source, "--start=Lily and Max", "--temperature=0",
+        result = run_in_process("sample.py", source, "--start=Lily and Max", "--temperature=0",
                             "--repetition_penalty=1.0", "--max_new_tokens=30")
         assert result.stdout == "Lily and Max" + enc.decode(ids) + "\n", result.stderr
 
@@ -150,11 +150,11 @@ def test_what_we_cannot_represent_is_refused_with_one_line(tmp_path, bpe_spec, c
         torch.save({"model.embed_tokens.weight": os.system}, tmp_path / "pytorch_model.bin")
     with pytest.raises(HFError, match=message):
         load_hf(str(tmp_path))
-    assert_clean_error(run_script("sample.py", f"--hf_dir={tmp_path}"), message)
+    assert_clean_error(run_in_process("sample.py", f"--hf_dir={tmp_path}"), message)
 
 
 def test_export_needs_a_checkpoint(tmp_path):
-    assert_clean_error(run_script("export.py", f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"), "no checkpoint")
+    assert_clean_error(run_in_process("export.py", f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"), "no checkpoint")
 
 
 def test_exporting_over_an_export_replaces_it_whole(tmp_path, bpe_spec):

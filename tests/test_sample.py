@@ -20,12 +20,14 @@ def trained(tmp_path_factory):
 
 
 def sample(out_dir, *args):
-    return run_script("sample.py", f"--out_dir={out_dir}", "--max_new_tokens=40", *args)
+    """sample.py run in this process (no interpreter start-up); the end-to-end test spawns the real one."""
+    return run_in_process("sample.py", f"--out_dir={out_dir}", "--max_new_tokens=40", *args)
 
 
 @pytest.mark.slow
 def test_end_to_end_prepare_train_sample_prints_stories(trained):
-    result = sample(trained, "--start=Once upon a time", "--num_samples=2")
+    result = run_script("sample.py", f"--out_dir={trained}", "--max_new_tokens=40", "--start=Once upon a time",
+                        "--num_samples=2")
     assert result.returncode == 0, result.stderr
     stories = result.stdout.split("\n" + "-" * 72 + "\n")
     assert len(stories) == 2

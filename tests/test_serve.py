@@ -395,6 +395,7 @@ def write_story(driver, url, prompt, max_tokens, seed):
     return lengths
 
 
+@pytest.mark.slow
 def test_a_browser_sees_the_story_grow_then_the_figures_and_can_stop_a_long_one(server, tmp_path):
     from selenium.webdriver.common.by import By
     driver = chromium()

@@ -119,6 +119,7 @@ def test_best_checkpoint_holds_the_weights_of_the_lowest_val_loss_and_no_optimiz
     assert "optimizer" not in best and os.path.getsize(finished_run / "best.pt") < os.path.getsize(finished_run / "ckpt.pt") / 2
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_bit_identical_losses_and_a_clean_log(data_dir, tmp_path):
     args = ["--max_iters=120", "--eval_interval=40", "--dropout=0.1"]
     train(data_dir, tmp_path / "full", *args)
