@@ -99,8 +99,9 @@ device_type = device.split(":")[0]
 for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval", "block_size"):
     if globals()[name] < 1:
         fail(f"--{name}={globals()[name]} must be at least 1")
-if max_iters < 0 or seed < 0:
-    fail(f"--max_iters={max_iters} and --seed={seed} must not be negative")
+for name in ("max_iters", "seed"):
+    if globals()[name] < 0:
+        fail(f"--{name}={globals()[name]} must not be negative")
 if optimizer not in ("adamw", "muon"):
     fail(f"--optimizer={optimizer}: use adamw or muon")
 if lr_schedule not in ("cosine", "wsd", "onecycle", "constant"):
