@@ -48,6 +48,16 @@ def assert_clean_error(result, *fragments):
 
 
 @pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A small prepared corpus with a 300-id BPE vocabulary, shared by the training tests."""
+    tmp = tmp_path_factory.mktemp("data")
+    result = run_in_process("prepare.py", f"--input={write_txt(tmp / 'stories.txt', make_stories(300))}",
+                            "--vocab_size=300", f"--out_dir={tmp / 'data'}", "--num_proc=1")
+    assert result.returncode == 0, result.stderr
+    return tmp / "data"
+
+
+@pytest.fixture(scope="session")
 def stories():
     return make_stories(200)
 

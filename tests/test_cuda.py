@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import model as M
-from conftest import ROOT, make_stories, run_in_process, write_txt
+from conftest import ROOT
 from generate import new_cache
 from model import Llama, ModelConfig
 
@@ -99,15 +99,6 @@ def test_a_training_step_never_waits_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("data")
-    result = run_in_process("prepare.py", f"--input={write_txt(tmp / 'stories.txt', make_stories(300))}",
-                            "--vocab_size=300", f"--out_dir={tmp / 'data'}", "--num_proc=1")
-    assert result.returncode == 0, result.stderr
-    return tmp / "data"
 
 
 TINY = ["--dim=64", "--n_layers=2", "--n_heads=4", "--block_size=32", "--batch_size=4", "--eval_iters=2",

@@ -3,7 +3,7 @@ import torch
 
 import generate as G
 import tokenizer
-from generate import generate, new_cache, prepare_for_decoding, stream
+from generate import generate, new_cache, prepare_for_decoding
 from model import Llama, ModelConfig
 
 

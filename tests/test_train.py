@@ -11,21 +11,11 @@ import pytest
 import torch
 
 from checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from conftest import ROOT, assert_clean_error, make_stories, run_in_process, run_script, write_txt
+from conftest import ROOT, assert_clean_error, run_in_process, run_script
 
 TINY = ["--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--block_size=32", "--batch_size=4",
         "--gradient_accumulation_steps=2", "--eval_iters=2", "--log_interval=1", "--compile=False",
         "--learning_rate=3e-3", "--warmup_iters=5", "--min_lr=3e-4"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A small prepared corpus with a 300-id BPE vocabulary."""
-    tmp = tmp_path_factory.mktemp("data")
-    result = run_script("prepare.py", f"--input={write_txt(tmp / 'stories.txt', make_stories(300))}",
-                        "--vocab_size=300", f"--out_dir={tmp / 'data'}", "--num_proc=1")
-    assert result.returncode == 0, result.stderr
-    return tmp / "data"
 
 
 def train(data_dir, out_dir, *args, check=True):
