@@ -465,9 +465,9 @@ def text_to_score(lm, facts):
              "give --data_dir=DIR or --input=FILES")
     meta = read_meta(text_dir)
     if lm.spec != meta["tokenizer"]:
-        model_side = f"a {lm.vocab}-id {lm.spec['kind']}" if lm.spec else f"its own {lm.vocab}-id"
+        model_side = f"a {lm.vocab}-id {tokenizer.spec_kind(lm.spec)}" if lm.spec else f"its own {lm.vocab}-id"
         fail(f"tokenizer mismatch: {text_dir} holds tokens of a {meta['vocab_size']}-id "
-             f"{meta['tokenizer']['kind']} tokenizer, but the model uses {model_side} tokenizer; "
+             f"{tokenizer.spec_kind(meta['tokenizer'])} tokenizer, but the model uses {model_side} tokenizer; "
              "score raw stories with --input=FILES instead (tokenized with the model's own tokenizer)")
     stories = list(itertools.islice(read_split(text_dir, meta, split), max_stories or None))
     enc = tokenizer.load_tokenizer(meta["tokenizer"])

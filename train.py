@@ -212,8 +212,8 @@ def get_lr(it):
 
 def check_vocabulary(source, spec, vocab_size):
     if spec != meta["tokenizer"] or vocab_size != meta["vocab_size"]:
-        fail(f"vocabulary mismatch: {source} uses a {vocab_size}-id {spec.get('kind')} tokenizer, but {data_dir} "
-             f"holds {meta['vocab_size']}-id {meta['tokenizer']['kind']} tokens; prepare the data with the same tokenizer")
+        fail(f"vocabulary mismatch: {source} uses a {vocab_size}-id {tokenizer.spec_kind(spec)} tokenizer, but {data_dir} "
+             f"holds {meta['vocab_size']}-id {tokenizer.spec_kind(meta['tokenizer'])} tokens; prepare the data with the same tokenizer")
 
 
 # output directory: refuse to overwrite a run by mistake, and clear what a killed run left
@@ -249,7 +249,7 @@ if init_from == "resume":
                 fail(f"--{key}={config[key]} conflicts with {ckpt_path}, whose model has {key}="
                      f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another --out_dir")
         raw_model = model_from_checkpoint(checkpoint, dropout=dropout, attn_backend=attn_backend)
-    except CheckpointError as e:
+    except (CheckpointError, tokenizer.TokenizerError) as e:
         fail(str(e))
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
 elif init_from.startswith("hf:"):
