@@ -2,9 +2,10 @@
 
 prepare: prepare.py as a whole process on `stories` repeated to about `prepare_mb` MB, beside the ceiling
          (a process that only reads the file, splits the stories over all cores and encodes them).
-decode:  our sampler (generate.py, the path sample.py takes) at llama2.c's 15M and 42M shapes, batch 1, 4 and 16,
-         alternating with llama2.c's run.c (../shared/anchors/llama2c_decode.py) in the same minutes; --compile=True
-         adds compile_for_decoding. Ends with the line `decode tok/s: N` (15M, batch 1, fp32, sample.py's path).
+decode:  our sampler (generate.py), eager and with the compiled decode step, at llama2.c's 15M and 42M shapes,
+         batch 1, 4 and 16, alternating with llama2.c's run.c (../shared/anchors/llama2c_decode.py) in the same
+         minutes. Ends with the line `decode tok/s: N`: 15M, batch 1, fp32, the compiled step (sample.py's
+         default path once a checkpoint's step is built).
 train:   a preset's training step (forward, chunked loss, backward, AdamW) on random tokens: ms/iter, tokens/s,
          MFU on GPUs, peak memory, attention backend, compile time; with --llama2c_dir, llama2.c's model.py beside it.
 recipe:  every training recipe's lr sweep at equal tokens on held-out stories (see bench_recipe).
@@ -21,7 +22,7 @@ from configurator import configure
 what = "prepare"
 stories = "../shared/tinystories/stories_2500.txt"
 prepare_mb = 200
-compile = False  # decode: also time torch.compile (max-autotune, frozen weights); train: compile the model
+compile = False  # train: torch.compile the model
 threads = 2  # decode: torch threads, and run.c's OpenMP threads
 rounds = 3  # decode and train: alternating rounds, for ranges on a noisy machine
 decode_shapes = "15M,42M"  # decode: of SHAPES
@@ -106,57 +107,63 @@ def llama2c_decode(shape, tokens):
 
 
 def bench_decode():
-    """Our sampler beside llama2.c's run.c, alternating in the same minutes: fp32, greedy, 16-token prompt."""
+    """Our sampler beside llama2.c's run.c, alternating in the same minutes: fp32, greedy, 16-token prompt.
+
+    Both of sample.py's paths: eager (a checkpoint whose compiled decode step is not built yet) and the
+    compiled step (built once per checkpoint and batch size, then loaded: sample.py's default from then on).
+    """
     import torch
     from generate import compile_for_decoding, prepare_for_decoding, stream
     from model import Llama, ModelConfig
     torch.set_num_threads(threads)
     print(f"{threads} threads, fp32, greedy, 16-token prompt, {decode_tokens} new tokens, {rounds} rounds "
           "(ranges are min-max over rounds)")
-    print(f"{'shape':<6} {'sampler':<44} {'tok/s':>16} {'first token ms':>15}")
     headline = None
     for name in decode_shapes.split(","):
         shape = SHAPES[name]
         torch.manual_seed(0)
         model = prepare_for_decoding(Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)))
+        samplers = []
+        for batch in (1, 4, 16):
+            start = time.perf_counter()
+            step = compile_for_decoding(model, batch)
+            print(f"{name:<6} compiled decode step, batch {batch:<2}: ready in {time.perf_counter() - start:5.1f} s "
+                  "(built the first time, loaded from the cache afterwards)", flush=True)
+            samplers += [(f"eager, batch {batch}", None, batch), (f"compiled, batch {batch}", step, batch)]
         runs = {}
 
-        def timed(label, model, batch):
+        def timed(label, step, batch):
             prompt = torch.randint(0, 32000, (batch, 16))
             start = time.perf_counter()
             first = None
-            for n, _ in enumerate(stream(model, prompt, decode_tokens, temperature=0, repetition_penalty=1.0), 1):
+            for n, _ in enumerate(stream(model, prompt, decode_tokens, temperature=0, repetition_penalty=1.0,
+                                         step=step), 1):
                 first = first or time.perf_counter() - start
             runs.setdefault(label, []).append((batch * n / (time.perf_counter() - start), first * 1e3))
 
-        samplers = [("ours, batch 1 (sample.py's path)", model, 1), ("ours, batch 4 (total tok/s)", model, 4),
-                    ("ours, batch 16 (total tok/s)", model, 16)]
-        if compile:
-            compiled = compile_for_decoding(model)
-            start = time.perf_counter()
-            with torch.no_grad():
-                timed("ours, compiled (first call, with compiling)", compiled, 1)
-            print(f"{name:<6} compile time: {time.perf_counter() - start:.1f} s")
-            samplers.append(("ours, batch 1, compiled max-autotune", compiled, 1))
-        timed("warm-up", model, 1)
+        for label, step, batch in samplers:  # warm-up
+            timed("warm-up", step, batch)
         for _ in range(rounds):
-            for label, m, batch in samplers:
-                timed(label, m, batch)
+            for label, step, batch in samplers:
+                timed(label, step, batch)
             rc = llama2c_decode(shape, decode_tokens)
             if rc is not None:
-                runs.setdefault("llama2.c run.c", []).append((rc, float("nan")))
+                runs.setdefault("llama2.c run.c, batch 1", []).append((rc, float("nan")))
+        print(f"{'shape':<6} {'sampler (total tok/s over the batch)':<40} {'tok/s':>16} {'first token ms':>15}")
         for label, figures in runs.items():
             if label == "warm-up":
                 continue
             rates, firsts = zip(*figures)
-            print(f"{name:<6} {label:<44} {min(rates):7.0f}-{max(rates):<8.0f} {min(firsts):15.1f}")
+            print(f"{name:<6} {label:<40} {min(rates):7.0f}-{max(rates):<8.0f} {min(firsts):15.1f}")
+        if "llama2.c run.c, batch 1" in runs:
+            theirs = [r for r, _ in runs["llama2.c run.c, batch 1"]]
+            for label in ("eager, batch 1", "compiled, batch 1"):
+                ours = [r for r, _ in runs[label]]
+                print(f"{name} {label} / run.c, round by round: {', '.join(f'{a / b:.2f}x' for a, b in zip(ours, theirs))}")
         if name == "15M":
-            headline = sorted(r for r, _ in runs["ours, batch 1 (sample.py's path)"])[len(runs["ours, batch 1 (sample.py's path)"]) // 2]
-            if "llama2.c run.c" in runs:
-                ours = [r for r, _ in runs["ours, batch 1 (sample.py's path)"]]
-                theirs = [r for r, _ in runs["llama2.c run.c"]]
-                print(f"15M ratio to run.c, round by round: {', '.join(f'{a / b:.2f}x' for a, b in zip(ours, theirs))}")
-    if headline is not None:
+            rates = sorted(r for r, _ in runs["compiled, batch 1"])
+            headline = rates[len(rates) // 2]
+    if headline is not None:  # sample.py's default path once the step is built: median over rounds
         print(f"decode tok/s: {headline:.0f}")
 
 

@@ -6,6 +6,11 @@ only: it is handed a cache and the position of its input, and this file decides 
   model = prepare_for_decoding(model)
   for tokens in stream(model, prompt_ids, 200, seed=7, eos_id=eot): ...   # (B, 1) tokens, one step at a time
 """
+import getpass
+import hashlib
+import os
+import tempfile
+
 import torch
 import torch.nn as nn
 
@@ -56,16 +61,81 @@ def prepare_for_decoding(model):
     return model
 
 
-def compile_for_decoding(model):
-    """torch.compile for sampling. On GPUs: CUDA graphs (mode="reduce-overhead"), as one decode step is
-    hundreds of tiny kernels. On CPU: max-autotune with the weights frozen into the graph, so inductor's
-    own matrix kernels (which use every core for one row, where MKL's use one) can be chosen. Compiling
-    takes a minute or more the first time (cached afterwards): it pays for long or many generations."""
+def compile_for_decoding(model, batch_size, build=True):
+    """The one-token decode step, compiled: a callable with the model's signature, step(idx, cache=, pos=),
+    for (batch_size, 1) tokens at a 0-d tensor position. Its shapes are static (attention spans the whole
+    cache, masked by position), so it compiles to one graph that never recompiles as pos moves on.
+
+    On CPU it is an AOTInductor package (max-autotune with inductor's own matrix kernels, which use every
+    core for a single row where MKL's use one), built once for these weights, shape, batch size and thread
+    count (30-60 s) and cached under TORCHINDUCTOR_CACHE_DIR, so later runs load it in a fraction of a
+    second. build=False returns None unless it is cached. On GPUs it is torch.compile with CUDA graphs
+    (mode="reduce-overhead"), compiled in each process. Raises RuntimeError when compiling fails.
+    """
     if next(model.parameters()).is_cuda:
-        return torch.compile(model, mode="reduce-overhead")
-    import torch._inductor.config
-    torch._inductor.config.freezing = True  # for every compile in this process: sampling scripts only
-    return torch.compile(model, mode="max-autotune")
+        if not build:
+            return None
+        step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+        return lambda idx, cache, pos: step(idx, cache=[_static(kv) for kv in cache], pos=pos)
+    path = _package_path(model, batch_size)
+    if not os.path.exists(path):
+        if not build:
+            return None
+        _build_package(model, batch_size, path)
+    # the loader itself, not torch._inductor.aoti_load_package: that imports all of inductor (1.5 s) to load
+    # a package in 0.1 s
+    package = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
+    # the package assumes the strides it was built with: a column sliced from a context is not contiguous
+    return lambda idx, cache, pos: package.boxed_run([idx.contiguous(), pos, *(t for kv in cache for t in kv)])[0]
+
+
+def _static(kv):
+    """CUDA graphs replay fixed addresses: the cache buffers are marked as such, as parameters are."""
+    for t in kv:
+        torch._dynamo.mark_static_address(t)
+    return kv
+
+
+class _DecodeStep(nn.Module):
+    """What is exported: the model's forward with the cache as flat inputs it writes in place."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx, pos, *cache):
+        return self.model(idx, cache=list(zip(cache[::2], cache[1::2])), pos=pos)
+
+
+def _package_path(model, batch_size):
+    """The cached package's file: named by a hash of all that the compiled code depends on."""
+    key = hashlib.sha256(repr((torch.__version__, torch.get_num_threads(), model.config, batch_size)).encode())
+    for name, tensor in model.state_dict().items():
+        key.update(name.encode())
+        key.update(tensor.detach().contiguous().view(torch.uint8).numpy())
+    # inductor's own cache directory (its rule, without importing inductor: 1.2 s), so clearing one clears both
+    cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                         f"torchinductor_{getpass.getuser()}")
+    return os.path.join(cache_dir, "decode", key.hexdigest()[:32] + ".pt2")
+
+
+def _build_package(model, batch_size, path):
+    idx, pos = torch.zeros(batch_size, 1, dtype=torch.long), torch.tensor(0)
+    cache = [t for kv in new_cache(model, batch_size) for t in kv]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path[:-len('.pt2')]}.{os.getpid()}.tmp.pt2"
+    try:
+        with torch.no_grad():
+            program = torch.export.export(_DecodeStep(model), (idx, pos, *cache))
+            torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs={
+                "max_autotune": True, "max_autotune_gemm_backends": "CPP", "freezing": True})
+        os.replace(tmp, path)  # whole or not at all: another process may be loading it
+    except Exception as e:  # a missing compiler, an unsupported op: the reason, in one line
+        raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''})") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def new_cache(model, batch_size):
@@ -126,7 +196,7 @@ def sample_token(logits, seen, generators, temperature, top_k, top_p, repetition
 @torch.no_grad()
 def stream(model, idx, max_new_tokens, temperature=DEFAULTS["temperature"], top_k=DEFAULTS["top_k"],
            top_p=DEFAULTS["top_p"], repetition_penalty=DEFAULTS["repetition_penalty"], eos_id=None, seed=0,
-           use_cache=True):
+           use_cache=True, step=None):
     """Yields the next token of each sequence of idx (B, T), shape (B, 1), one step at a time.
 
     A prefill of the prompt into the static KV cache, then one-token decode steps. Row i samples with a
@@ -134,7 +204,8 @@ def stream(model, idx, max_new_tokens, temperature=DEFAULTS["temperature"], top_
     produced eos_id keep yielding eos_id; the stream ends when all have, or after max_new_tokens. When the
     context outgrows max_seq_len it restarts from its last max_seq_len // 2 tokens (prefilled again), so
     sampling can go on past max_seq_len. use_cache=False recomputes the whole context every step
-    (nanoGPT's way) over the same windows, so it gives the same tokens.
+    (nanoGPT's way) over the same windows, so it gives the same tokens. step: compile_for_decoding's
+    compiled one-token step, for every decode step after a prefill (which the model makes, eagerly).
     """
     B, window = idx.shape[0], model.config.max_seq_len
     if idx.shape[1] > window:
@@ -147,7 +218,11 @@ def stream(model, idx, max_new_tokens, temperature=DEFAULTS["temperature"], top_
     context, cached = idx, 0  # the tokens the model sees, and how many of them are in the cache
     for _ in range(max_new_tokens):
         if use_cache:  # prefill of the whole context when the cache is empty, else one new token
-            logits = model(context[:, cached:], cache=cache, pos=cached)
+            new = context[:, cached:]
+            if step is not None and new.shape[1] == 1:
+                logits = step(new, cache=cache, pos=torch.tensor(cached, device=idx.device))
+            else:
+                logits = model(new, cache=cache, pos=cached)
             cached = context.shape[1]
         else:
             logits = model(context)

@@ -110,7 +110,10 @@ def causal_attention(q, k, v, backend="auto"):
     """
     key = (_requested(backend), q.device.type, q.dtype)
     if key not in _chosen:
-        _chosen[key] = _choose_backend(key[0], q, k, v)
+        # imports and probes run once, eagerly, outside any graph torch.compile is tracing (wrapping the
+        # function at import time instead would import torch._dynamo, 1.6 s, in every script)
+        choose = torch.compiler.disable(_choose_backend) if torch.compiler.is_compiling() else _choose_backend
+        _chosen[key] = choose(key[0], q, k, v)
     return ATTENTION_BACKENDS[_chosen[key]](q, k, v)
 
 
@@ -127,7 +130,6 @@ def pick_attention_backend(config, device, dtype):
     return _chosen[(_requested(config.attn_backend), probe.device.type, dtype)]
 
 
-@torch.compiler.disable  # imports and probes run once, eagerly, outside torch.compile's graph
 def _choose_backend(backend, q, k, v):
     candidates = _candidates(backend, q)
     for name in candidates:
@@ -179,7 +181,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * self.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, cache=None, pos=0, mask=None):
+    def forward(self, x, cos, sin, cache=None, positions=None, visible=None):
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
                                           self.n_kv_heads * self.head_dim], dim=-1)
@@ -188,14 +190,25 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if cache is None:  # training or a full forward: the fastest causal kernel
             out = causal_attention(q, k, v, self.backend)
-        else:  # write this chunk's keys and values, then attend to every position up to it
+        else:  # write this chunk's keys and values at its positions, then attend to the cache up to them
             cache_k, cache_v = cache
-            cache_k[:, :, pos:pos + T] = k.transpose(1, 2)
-            cache_v[:, :, pos:pos + T] = v.transpose(1, 2)
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), cache_k[:, :, :pos + T], cache_v[:, :, :pos + T],
-                                                 attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
-            out = out.transpose(1, 2)
+            cache_k.index_copy_(2, positions, k.transpose(1, 2))
+            cache_v.index_copy_(2, positions, v.transpose(1, 2))
+            out = cached_attention(q, cache_k[:, :, :visible], cache_v[:, :, :visible], positions)
         return self.o_proj(out.reshape(B, T, -1))
+
+
+def cached_attention(q, cache_k, cache_v, positions):
+    """q (B, T, H, D) at positions (T,) against the cache's (B, H_kv, S, D) keys and values: each query sees
+    the cache slots up to its own position. Plain products (inductor fuses them into one kernel when the
+    decode step is compiled); a group of query heads shares its key head without copying it."""
+    B, T, H, D = q.shape
+    kv_heads, S = cache_k.shape[1], cache_k.shape[2]
+    q = q.transpose(1, 2).reshape(B, kv_heads, H // kv_heads * T, D)  # heads in a group share their key head
+    scores = (q @ cache_k.transpose(-2, -1)).view(B, kv_heads, H // kv_heads, T, S) * D ** -0.5
+    seen = torch.arange(S, device=q.device) <= positions[:, None]  # (T, S)
+    probs = scores.masked_fill(~seen, float("-inf")).softmax(-1).view(B, kv_heads, H // kv_heads * T, S)
+    return (probs @ cache_v).view(B, H, T, D).transpose(1, 2)
 
 
 class FeedForward(nn.Module):
@@ -218,8 +231,8 @@ class Block(nn.Module):
         self.mlp = FeedForward(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache=None, pos=0, mask=None):
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, pos, mask))
+    def forward(self, x, cos, sin, cache=None, positions=None, visible=None):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, positions, visible))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -256,18 +269,19 @@ class Llama(nn.Module):
 
         cache: None, or one (k, v) pair of (B, n_kv_heads, max_seq_len, head_dim) buffers per layer; this
         chunk's keys and values are written at [pos, pos + T), and each token attends to every cached
-        position up to its own, so a prompt can be fed in chunks at any offset.
+        position up to its own, so a prompt can be fed in chunks at any offset. pos is an int, or a 0-d
+        tensor for a graph of static shapes (a compiled decode step): attention then spans the whole
+        cache, masked by position, rather than its first pos + T slots.
         """
         T = idx.shape[1]
-        if pos + T > self.config.max_seq_len:
+        if isinstance(pos, int) and pos + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.config.max_seq_len}")
-        cos, sin = self.rope_cos[pos:pos + T, None, :], self.rope_sin[pos:pos + T, None, :]
-        mask = None  # a single new token sees the whole cache; a chunk needs its causal mask by position
-        if cache is not None and T > 1:
-            mask = torch.arange(pos + T, device=idx.device) <= torch.arange(pos, pos + T, device=idx.device)[:, None]
+        positions = torch.arange(T, device=idx.device) + pos
+        cos, sin = self.rope_cos[positions, None, :], self.rope_sin[positions, None, :]
+        visible = pos + T if isinstance(pos, int) else None
         h = self.dropout(self.embed_tokens(idx))
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
-            h = layer(h, cos, sin, layer_cache, pos, mask)
+            h = layer(h, cos, sin, layer_cache, positions, visible)
         return self.norm(h)
 
     def forward(self, idx, targets=None, cache=None, pos=0):

@@ -134,4 +134,6 @@ def test_decoding_under_cuda_graphs_gives_the_eager_tokens():
     idx = batch(model, B=2, T=8)
     greedy = dict(temperature=0, repetition_penalty=1.0)
     eager = generate(model, idx, 24, **greedy)
-    assert torch.equal(generate(compile_for_decoding(model), idx, 24, **greedy), eager)
+    step = compile_for_decoding(model, 2)
+    assert torch.equal(generate(model, idx, 24, step=step, **greedy), eager)
+    assert torch.equal(generate(model, idx, 24, step=step, **greedy), eager)  # a fresh cache: replayed again

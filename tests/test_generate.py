@@ -3,7 +3,7 @@ import torch
 
 import generate as G
 import tokenizer
-from generate import generate, new_cache, prepare_for_decoding
+from generate import compile_for_decoding, generate, new_cache, prepare_for_decoding
 from model import Llama, ModelConfig
 
 
@@ -146,6 +146,23 @@ def test_the_traced_decode_gives_the_eager_tokens():
     idx = torch.randint(0, 97, (2, 5))
     eager = generate(model, idx, 12, **GREEDY)
     assert torch.equal(generate(torch.compile(model, backend="aot_eager"), idx, 12, **GREEDY), eager)
+
+
+@pytest.mark.slow
+def test_the_compiled_decode_step_gives_the_eager_text_and_is_built_once_per_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = prepare_for_decoding(tiny())
+    assert compile_for_decoding(model, 2, build=False) is None  # nothing built yet
+    step = compile_for_decoding(model, 2)
+    idx = torch.randint(0, 97, (2, 6))
+    sampled = dict(temperature=1.0, top_k=0, top_p=0.9, repetition_penalty=1.1, seed=3)
+    for settings in (GREEDY, sampled):  # 70 tokens: the 32-token window restarts (an eager prefill) twice
+        assert torch.equal(generate(model, idx, 70, step=step, **settings), generate(model, idx, 70, **settings))
+    assert compile_for_decoding(model, 2, build=False) is not None  # cached: later runs load it
+    assert compile_for_decoding(model, 1, build=False) is None  # another batch size is another build
+    other = prepare_for_decoding(tiny())
+    other.norm.weight.data[0] += 1e-3
+    assert compile_for_decoding(other, 2, build=False) is None  # other weights, another build
 
 
 def test_a_prompt_is_preceded_by_end_of_text_and_cropped_to_leave_room_for_a_token():

@@ -39,16 +39,30 @@ def test_forward_without_targets_gives_the_last_positions_logits():
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
 @pytest.mark.parametrize("chunks", [[24], [10] + [1] * 14, [5, 7, 1, 11], [1, 3, 20]])
-def test_chunks_fed_through_the_cache_at_any_offset_equal_the_full_forward(n_kv_heads, chunks):
+@pytest.mark.parametrize("position", [int, torch.tensor], ids=["int", "tensor"])
+def test_chunks_fed_through_the_cache_at_any_offset_equal_the_full_forward(n_kv_heads, chunks, position):
+    """A tensor position (static shapes: attention over the whole cache, masked) and an int one agree."""
     from generate import new_cache
     model = tiny(n_kv_heads=n_kv_heads)
     idx = torch.randint(0, 97, (3, 24))
     full = all_logits(model, idx)
     cache, pos = new_cache(model, 3), 0
     for size in chunks:  # a prefill, one-token steps, and multi-token chunks at later positions
-        torch.testing.assert_close(all_logits(model, idx[:, pos:pos + size], cache, pos), full[:, pos:pos + size],
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(all_logits(model, idx[:, pos:pos + size], cache, position(pos)),
+                                   full[:, pos:pos + size], rtol=0, atol=1e-5)
         pos += size
+
+
+def test_stale_cache_slots_beyond_the_position_are_never_seen():
+    """A cache reused after the window restarts holds old keys past the new position; they are masked."""
+    from generate import new_cache
+    model = tiny()
+    idx = torch.randint(0, 97, (1, 12))
+    cache = new_cache(model, 1)
+    for k, v in cache:
+        k.normal_(), v.normal_()
+    for pos in (0, torch.tensor(0)):
+        torch.testing.assert_close(all_logits(model, idx, cache, pos), all_logits(model, idx), rtol=0, atol=1e-5)
 
 
 def test_a_sequence_longer_than_the_context_is_refused():

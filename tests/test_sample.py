@@ -105,6 +105,43 @@ def test_several_samples_decode_as_one_batch_and_each_is_its_seeds_text(trained)
         assert alone == text
 
 
+@pytest.fixture
+def fake_compiled_step(monkeypatch):
+    """compile_for_decoding replaced by a recorder (the real build is tested in test_generate.py): the
+    build flag of each call, and how many decode steps ran through the step it returned."""
+    import generate
+    calls = {"builds": [], "steps": 0}
+    built = set()
+
+    def compile_for_decoding(model, batch_size, build=True):
+        calls["builds"].append(build)
+        if build:
+            built.add(batch_size)
+        if batch_size not in built:
+            return None
+
+        def step(idx, cache, pos):
+            calls["steps"] += 1
+            return model(idx, cache=cache, pos=pos)
+        return step
+    monkeypatch.setattr(generate, "compile_for_decoding", compile_for_decoding)
+    return calls
+
+
+def test_sample_uses_the_compiled_step_once_built_and_never_with_compile_false(trained, fake_compiled_step):
+    eager = sample(trained, "--compile=False", "--temperature=0")
+    assert fake_compiled_step["builds"] == [] and "note: decoding eagerly" not in eager.stderr
+    first = sample(trained, "--temperature=0")  # the default: the step if built, else eager with a note
+    assert fake_compiled_step == {"builds": [False], "steps": 0} and "--compile=True builds" in first.stderr
+    built = sample(trained, "--compile=True", "--temperature=0")
+    assert fake_compiled_step["builds"] == [False, True] and fake_compiled_step["steps"] > 0
+    steps = fake_compiled_step["steps"]
+    later = sample(trained, "--temperature=0")
+    assert fake_compiled_step["steps"] > steps and "note" not in later.stderr
+    assert eager.stdout == first.stdout == built.stdout == later.stdout
+    assert_clean_error(sample(trained, "--compile='yes'"), "--compile='yes'")
+
+
 def test_missing_and_foreign_checkpoints_fail_with_one_line(tmp_path):
     assert_clean_error(sample(tmp_path), "no checkpoint")
     torch.save({"model": {}, "model_args": {}}, tmp_path / "ckpt.pt")  # say, a nanoGPT checkpoint
