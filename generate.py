@@ -164,15 +164,23 @@ def top_k_filter(logits, k):
 
 
 def top_p_filter(logits, p):
-    """Keeps the smallest set of most likely tokens whose probabilities reach p (nucleus sampling)."""
+    """Keeps the smallest set of most likely tokens whose probabilities reach p (nucleus sampling).
+
+    The nucleus is looked for among the top 64 tokens first, then 8 times as many, until it ends inside
+    them: sorting the whole vocabulary every token cost more than the model's own step (2.8 ms at 32K ids).
+    """
     if p >= 1.0:
         return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(-1)
-    before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above each one
-    drop_sorted = before >= p
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    vocab, k = logits.shape[-1], 64
+    all_probs = logits.softmax(-1)
+    while True:
+        probs, order = all_probs.topk(min(k, vocab), dim=-1)  # sorted, most likely first
+        before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above each one
+        if k >= vocab or bool((before[:, -1] >= p).all()):  # each row's nucleus ends inside its top k
+            break
+        k *= 8
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, before < p)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def sample_token(logits, seen, generators, temperature, top_k, top_p, repetition_penalty):
