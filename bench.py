@@ -26,7 +26,7 @@ compile = False  # train: torch.compile the model
 threads = 2  # decode: torch threads, and run.c's OpenMP threads
 rounds = 3  # decode and train: alternating rounds, for ranges on a noisy machine
 decode_shapes = "15M,42M"  # decode: of SHAPES
-decode_tokens = 256  # decode: new tokens per sample
+decode_tokens = 256  # decode: positions per sample, prompt included (run.c's --steps): a 16-token prompt, 240 new
 preset = "config/train_llama2c_15m.py"  # train: the config file whose shape and batch are timed
 train_device = ""  # train: '' picks cuda, then mps, then cpu
 train_steps = 5  # train: steps timed per round, after one warm-up step
@@ -116,8 +116,9 @@ def bench_decode():
     from generate import compile_for_decoding, prepare_for_decoding, stream
     from model import Llama, ModelConfig
     torch.set_num_threads(threads)
-    print(f"{threads} threads, fp32, greedy, 16-token prompt, {decode_tokens} new tokens, {rounds} rounds "
-          "(ranges are min-max over rounds)")
+    print(f"{threads} threads, fp32, greedy, {decode_tokens} positions as run.c's --steps: a 16-token prompt and "
+          f"{decode_tokens - 16} new tokens, {rounds} rounds (ranges are min-max over rounds); our tok/s count only "
+          "the new tokens, over the time from the prompt to the last token")
     headline = None
     for name in decode_shapes.split(","):
         shape = SHAPES[name]
@@ -136,7 +137,7 @@ def bench_decode():
             prompt = torch.randint(0, 32000, (batch, 16))
             start = time.perf_counter()
             first = None
-            for n, _ in enumerate(stream(model, prompt, decode_tokens, temperature=0, repetition_penalty=1.0,
+            for n, _ in enumerate(stream(model, prompt, decode_tokens - 16, temperature=0, repetition_penalty=1.0,
                                          step=step), 1):
                 first = first or time.perf_counter() - start
             runs.setdefault(label, []).append((batch * n / (time.perf_counter() - start), first * 1e3))

@@ -9,6 +9,7 @@ only: it is handed a cache and the position of its input, and this file decides 
 import getpass
 import hashlib
 import os
+import sys
 import tempfile
 
 import torch
@@ -62,21 +63,23 @@ def prepare_for_decoding(model):
 
 
 def compile_for_decoding(model, batch_size, build=True):
-    """The one-token decode step, compiled: a callable with the model's signature, step(idx, cache=, pos=),
-    for (batch_size, 1) tokens at a 0-d tensor position. Its shapes are static (attention spans the whole
-    cache, masked by position), so it compiles to one graph that never recompiles as pos moves on.
+    """The one-token decode step, compiled: step(idx, cache, pos) gives the model's logits for (batch_size, 1)
+    tokens at the int position pos, writing their keys and values into the cache as the model does.
 
-    On CPU it is an AOTInductor package (max-autotune with inductor's own matrix kernels, which use every
-    core for a single row where MKL's use one), built once for these weights, shape, batch size and thread
-    count (30-60 s) and cached under TORCHINDUCTOR_CACHE_DIR, so later runs load it in a fraction of a
-    second. build=False returns None unless it is cached. On GPUs it is torch.compile with CUDA graphs
-    (mode="reduce-overhead"), compiled in each process. Raises RuntimeError when compiling fails.
+    On CPU it is an AOTInductor package: max-autotune with inductor's own matrix kernels (they use every core
+    for a single row, where MKL's use one) and the cache's length up to pos as its one dynamic size, so
+    attention reads only the filled part. It is built once for these weights, shape, batch size and thread
+    count (30-60 s) and cached under TORCHINDUCTOR_CACHE_DIR; later runs load it in a fraction of a second.
+    build=False returns None unless it is cached. On GPUs it is torch.compile with CUDA graphs
+    (mode="reduce-overhead"), compiled in each process: static shapes, with a tensor position and attention
+    over the whole cache, masked. Raises RuntimeError when compiling fails.
     """
     if next(model.parameters()).is_cuda:
         if not build:
             return None
         step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
-        return lambda idx, cache, pos: step(idx, cache=[_static(kv) for kv in cache], pos=pos)
+        return lambda idx, cache, pos: step(idx, cache=[_static(kv) for kv in cache],
+                                            pos=torch.tensor(pos, device=idx.device))
     path = _package_path(model, batch_size)
     if not os.path.exists(path):
         if not build:
@@ -86,7 +89,8 @@ def compile_for_decoding(model, batch_size, build=True):
     # a package in 0.1 s
     package = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
     # the package assumes the strides it was built with: a column sliced from a context is not contiguous
-    return lambda idx, cache, pos: package.boxed_run([idx.contiguous(), pos, *(t for kv in cache for t in kv)])[0]
+    return lambda idx, cache, pos: package.boxed_run([idx.contiguous(), torch.empty(pos + 1),
+                                                      *(t for kv in cache for t in kv)])[0]
 
 
 def _static(kv):
@@ -97,19 +101,23 @@ def _static(kv):
 
 
 class _DecodeStep(nn.Module):
-    """What is exported: the model's forward with the cache as flat inputs it writes in place."""
+    """What is exported: the model's forward with the cache as flat inputs it writes in place, and the
+    position as the length of an empty tensor (a package's inputs are tensors; a size can be dynamic)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, idx, pos, *cache):
-        return self.model(idx, cache=list(zip(cache[::2], cache[1::2])), pos=pos)
+    def forward(self, idx, length, *cache):
+        return self.model(idx, cache=list(zip(cache[::2], cache[1::2])), pos=length.shape[0] - 1)
 
 
 def _package_path(model, batch_size):
     """The cached package's file: named by a hash of all that the compiled code depends on."""
     key = hashlib.sha256(repr((torch.__version__, torch.get_num_threads(), model.config, batch_size)).encode())
+    for source in (__file__, sys.modules[type(model).__module__].__file__):  # this code and the model's
+        with open(source, "rb") as f:
+            key.update(f.read())
     for name, tensor in model.state_dict().items():
         key.update(name.encode())
         key.update(tensor.detach().contiguous().view(torch.uint8).numpy())
@@ -120,15 +128,17 @@ def _package_path(model, batch_size):
 
 
 def _build_package(model, batch_size, path):
-    idx, pos = torch.zeros(batch_size, 1, dtype=torch.long), torch.tensor(0)
+    idx, length = torch.zeros(batch_size, 1, dtype=torch.long), torch.empty(8)
     cache = [t for kv in new_cache(model, batch_size) for t in kv]
+    dynamic = (None, {0: torch.export.Dim("length", min=2, max=model.config.max_seq_len)}, (None,) * len(cache))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path[:-len('.pt2')]}.{os.getpid()}.tmp.pt2"
     try:
         with torch.no_grad():
-            program = torch.export.export(_DecodeStep(model), (idx, pos, *cache))
+            program = torch.export.export(_DecodeStep(model), (idx, length, *cache), dynamic_shapes=dynamic)
             torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs={
-                "max_autotune": True, "max_autotune_gemm_backends": "CPP", "freezing": True})
+                "max_autotune": True, "max_autotune_gemm_backends": "CPP", "autotune_fallback_to_aten": True,
+                "freezing": True})
         os.replace(tmp, path)  # whole or not at all: another process may be loading it
     except Exception as e:  # a missing compiler, an unsupported op: the reason, in one line
         raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: "
@@ -139,9 +149,13 @@ def _build_package(model, batch_size, path):
 
 
 def new_cache(model, batch_size):
-    """The static KV cache: one (k, v) pair of (B, n_kv_heads, max_seq_len, head_dim) buffers per layer."""
+    """The static KV cache: one (k, v) pair of (B, n_kv_heads, max_seq_len + 1, head_dim) buffers per layer.
+
+    The slot past the context is never written; it keeps a filled part of the cache from ever being all of
+    it, a case the compiled step's dynamic length would otherwise have to treat apart.
+    """
     cfg, weight = model.config, model.lm_head.weight
-    shape = (batch_size, cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim)
+    shape = (batch_size, cfg.n_kv_heads, cfg.max_seq_len + 1, cfg.head_dim)
     return [(torch.zeros(shape, dtype=weight.dtype, device=weight.device),
              torch.zeros(shape, dtype=weight.dtype, device=weight.device)) for _ in range(cfg.n_layers)]
 
@@ -228,7 +242,7 @@ def stream(model, idx, max_new_tokens, temperature=DEFAULTS["temperature"], top_
         if use_cache:  # prefill of the whole context when the cache is empty, else one new token
             new = context[:, cached:]
             if step is not None and new.shape[1] == 1:
-                logits = step(new, cache=cache, pos=torch.tensor(cached, device=idx.device))
+                logits = step(new, cache, cached)
             else:
                 logits = model(new, cache=cache, pos=cached)
             cached = context.shape[1]

@@ -73,13 +73,9 @@ def _sdpa(q, k, v):
 
 
 def _math(q, k, v):
-    """The plain definition, the reference the others are tested against."""
-    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    T, S = q.shape[2], k.shape[2]
-    causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-    return (scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v).transpose(1, 2)
+    """The plain definition, the reference the others are tested against: each position sees the ones up
+    to its own."""
+    return cached_attention(q, k.transpose(1, 2), v.transpose(1, 2), torch.arange(q.shape[1], device=q.device))
 
 
 ATTENTION_BACKENDS = {"fa4": _fa4, "fa2": _fa2, "sdpa": _sdpa, "math": _math}
@@ -200,15 +196,14 @@ class Attention(nn.Module):
 
 def cached_attention(q, cache_k, cache_v, positions):
     """q (B, T, H, D) at positions (T,) against the cache's (B, H_kv, S, D) keys and values: each query sees
-    the cache slots up to its own position. Plain products (inductor fuses them into one kernel when the
-    decode step is compiled); a group of query heads shares its key head without copying it."""
-    B, T, H, D = q.shape
-    kv_heads, S = cache_k.shape[1], cache_k.shape[2]
-    q = q.transpose(1, 2).reshape(B, kv_heads, H // kv_heads * T, D)  # heads in a group share their key head
-    scores = (q @ cache_k.transpose(-2, -1)).view(B, kv_heads, H // kv_heads, T, S) * D ** -0.5
-    seen = torch.arange(S, device=q.device) <= positions[:, None]  # (T, S)
-    probs = scores.masked_fill(~seen, float("-inf")).softmax(-1).view(B, kv_heads, H // kv_heads * T, S)
-    return (probs @ cache_v).view(B, H, T, D).transpose(1, 2)
+    the cache slots up to its own position. Plain products, one query row per head: a compiled decode step
+    turns them into a single fused loop over the cache (inductor does so for a product with one row)."""
+    q = q.transpose(1, 2)
+    if cache_k.shape[1] != q.shape[1]:  # grouped-query attention: each key head serves a group of query heads
+        cache_k, cache_v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (cache_k, cache_v))
+    scores = q @ cache_k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, S)
+    seen = torch.arange(cache_k.shape[2], device=q.device) <= positions[:, None]  # (T, S)
+    return (scores.masked_fill(~seen, float("-inf")).softmax(-1) @ cache_v).transpose(1, 2)
 
 
 class FeedForward(nn.Module):
@@ -267,18 +262,18 @@ class Llama(nn.Module):
     def hidden(self, idx, cache=None, pos=0):
         """The final normed hidden states (B, T, dim) of tokens idx placed at positions pos, pos + 1, ...
 
-        cache: None, or one (k, v) pair of (B, n_kv_heads, max_seq_len, head_dim) buffers per layer; this
-        chunk's keys and values are written at [pos, pos + T), and each token attends to every cached
-        position up to its own, so a prompt can be fed in chunks at any offset. pos is an int, or a 0-d
-        tensor for a graph of static shapes (a compiled decode step): attention then spans the whole
-        cache, masked by position, rather than its first pos + T slots.
+        cache: None, or one (k, v) pair of (B, n_kv_heads, S, head_dim) buffers per layer (S at least
+        max_seq_len); this chunk's keys and values are written at [pos, pos + T), and each token attends to
+        every cached position up to its own, so a prompt can be fed in chunks at any offset. pos is an int
+        (or a symbolic one, in an exported graph): attention reads the first pos + T slots. Or a 0-d tensor,
+        for a graph of static shapes (CUDA graphs): attention then spans the whole cache, masked by position.
         """
         T = idx.shape[1]
-        if isinstance(pos, int) and pos + T > self.config.max_seq_len:
+        if not isinstance(pos, torch.Tensor) and pos + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.config.max_seq_len}")
         positions = torch.arange(T, device=idx.device) + pos
         cos, sin = self.rope_cos[positions, None, :], self.rope_sin[positions, None, :]
-        visible = pos + T if isinstance(pos, int) else None
+        visible = None if isinstance(pos, torch.Tensor) else pos + T
         h = self.dropout(self.embed_tokens(idx))
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
             h = layer(h, cos, sin, layer_cache, positions, visible)

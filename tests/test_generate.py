@@ -126,7 +126,7 @@ def test_a_prompt_longer_than_the_context_is_refused():
 def test_the_cache_holds_every_layers_keys_and_values_for_the_whole_context():
     model = tiny(n_kv_heads=2)
     cache = new_cache(model, 3)
-    assert len(cache) == 2 and all(k.shape == v.shape == (3, 2, 32, 16) for k, v in cache)
+    assert len(cache) == 2 and all(k.shape == v.shape == (3, 2, 33, 16) for k, v in cache)
 
 
 @pytest.mark.parametrize("settings, message", [
