@@ -20,7 +20,7 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import (DEFAULTS, check_settings, compile_for_decoding, encode_prompt, prepare_for_decoding,
+from generate import (DEFAULTS, check_settings, decode_step, encode_prompt, prepare_for_decoding,
                       stream as stream_tokens)
 from hf import HFError
 
@@ -66,20 +66,11 @@ try:
     enc = tokenizer.load_tokenizer(spec)
 except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
     fail(str(e))
-if compile not in (None, True, False):
-    fail(f"--compile={compile!r}: use True (build the compiled decode step when needed), False, or leave it out")
 model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
-step, began = None, time.perf_counter()
-if compile is not False:
-    try:
-        step = compile_for_decoding(model, num_samples, build=compile is True)
-    except RuntimeError as e:
-        print(f"warning: {e}; decoding eagerly", file=sys.stderr)
-    if step is not None and compile:
-        print(f"compiled decode step ready in {time.perf_counter() - began:.1f} s", file=sys.stderr)
-    elif step is None and compile is None and device == "cpu":
-        print("note: decoding eagerly; --compile=True builds this checkpoint's compiled decode step once "
-              "(30-60 s), about 3x faster, and later runs use it by themselves", file=sys.stderr)
+try:
+    step = decode_step(model, num_samples, compile)
+except ValueError as e:
+    fail(str(e))
 
 prompt, warning = encode_prompt(enc, start, model.config.max_seq_len)
 if warning:

@@ -36,7 +36,7 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import DEFAULTS, check_settings, encode_prompt, prepare_for_decoding, stream
+from generate import DEFAULTS, check_settings, decode_step, encode_prompt, prepare_for_decoding, stream
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -49,6 +49,7 @@ device = ""  # '' picks cuda, then mps, then cpu
 dtype = ""  # '' picks bfloat16 on CUDA where supported, else float32
 max_tokens_limit = 1024  # the most new tokens one request may ask for
 max_requests = 64  # requests generating at once; more are answered 503
+compile = None  # the compiled decode step (as sample.py's): None uses it when built for this checkpoint, True builds it at start, False never
 # -----------------------------------------------------------------------------
 configure(globals())
 
@@ -169,7 +170,7 @@ class Worker(threading.Thread):
         if job.tokens is None:
             idx = torch.tensor([job.prompt_ids], device=device)
             job.tokens = stream(model, idx, s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
-                                s["repetition_penalty"], enc.eot_token, s["seed"])
+                                s["repetition_penalty"], enc.eot_token, s["seed"], step=compiled_step)
         token = int(next(job.tokens))
         if job.first_token_s is None:
             job.first_token_s = time.perf_counter() - job.began
@@ -454,6 +455,10 @@ MODEL_FACTS = {"id": MODEL_ID, "parameters": model.num_params(), "context": mode
                "vocab_size": model.config.vocab_size, "tokenizer": tokenizer.spec_kind(spec), **facts}
 STARTED = int(time.time())
 model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
+try:
+    compiled_step = decode_step(model, 1, compile)  # each request decodes alone, one step at a time in turn
+except ValueError as e:
+    fail(str(e))
 try:
     server = Server((host, port), Handler)
 except (OSError, OverflowError) as e:  # a busy port, an unknown host

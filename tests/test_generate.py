@@ -65,6 +65,19 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert G.top_p_filter(logits, 1.0).isfinite().all()
 
 
+@pytest.mark.parametrize("scale", [0.3, 3.0, 30.0])  # a nucleus of hundreds of tokens, of tens, of one
+def test_top_p_keeps_the_most_likely_tokens_until_their_mass_reaches_p_over_a_large_vocabulary(scale):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5000) * scale
+    probs = logits.softmax(-1)
+    kept = G.top_p_filter(logits, 0.9).isfinite()
+    for row in range(3):
+        mass = probs[row][kept[row]].sum().item()
+        smallest_kept = probs[row][kept[row]].min().item()
+        assert mass >= 0.9 - 1e-6 and mass - smallest_kept < 0.9  # reaches p, and needs its last token to
+        assert (probs[row][~kept[row]] <= smallest_kept).all()  # none left out is more likely than one kept
+
+
 def test_repetition_penalty_follows_hf_semantics():
     logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
     seen = torch.tensor([[True, True, False, False]])
