@@ -166,7 +166,7 @@ def _build_package(model, batch_size, path):
         os.replace(tmp, path)  # whole or not at all: another process may be loading it
     except Exception as e:  # a missing compiler, an unsupported op: the reason, in one line
         raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: "
-                           f"{str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''})") from e
+                           f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
