@@ -76,11 +76,7 @@ def compile_for_decoding(model, batch_size, build=True):
     over the whole cache, masked. Raises RuntimeError when compiling fails.
     """
     if next(model.parameters()).is_cuda:
-        if not build:
-            return None
-        step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
-        return lambda idx, cache, pos: step(idx, cache=[_static(kv) for kv in cache],
-                                            pos=torch.tensor(pos, device=idx.device))
+        return static_step(model, mode="reduce-overhead") if build else None
     path = _package_path(model, batch_size)
     if not os.path.exists(path):
         if not build:
@@ -117,11 +113,17 @@ def decode_step(model, batch_size, compile=None):
     return step
 
 
-def _static(kv):
-    """CUDA graphs replay fixed addresses: the cache buffers are marked as such, as parameters are."""
-    for t in kv:
-        torch._dynamo.mark_static_address(t)
-    return kv
+def static_step(model, **compile_options):
+    """The decode step as torch.compile(model, **compile_options) sees it with static shapes: the position
+    as a tensor, attention over the whole cache (masked), and the cache buffers marked as fixed addresses
+    (CUDA graphs replay those), so one graph serves every position."""
+    compiled = torch.compile(model, fullgraph=True, **compile_options)
+
+    def step(idx, cache, pos):
+        for t in (t for kv in cache for t in kv):
+            torch._dynamo.mark_static_address(t)
+        return compiled(idx.contiguous(), cache=cache, pos=torch.tensor(pos, device=idx.device))
+    return step
 
 
 class _DecodeStep(nn.Module):

@@ -161,6 +161,19 @@ def test_the_traced_decode_gives_the_eager_tokens():
     assert torch.equal(generate(torch.compile(model, backend="aot_eager"), idx, 12, **GREEDY), eager)
 
 
+def test_the_static_step_gpus_capture_gives_the_eager_tokens_from_one_graph():
+    """The step CUDA graphs replay (a tensor position, the whole cache masked), traced on CPU: the eager
+    tokens, across window restarts, and no recompiling as the position moves."""
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 5))
+    eager = generate(model, idx, 40, **GREEDY)
+    torch._dynamo.reset()
+    step = G.static_step(model, backend="aot_eager")
+    generate(model, idx, 2, step=step, **GREEDY)  # the first call compiles
+    with torch.compiler.set_stance("fail_on_recompile"):
+        assert torch.equal(generate(model, idx, 40, step=step, **GREEDY), eager)
+
+
 @pytest.mark.slow
 def test_the_compiled_decode_step_gives_the_eager_text_and_is_built_once_per_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
