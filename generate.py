@@ -73,18 +73,37 @@ def compile_for_decoding(model, batch_size, build=True):
     count (30-60 s) and cached under TORCHINDUCTOR_CACHE_DIR; later runs load it in a fraction of a second.
     build=False returns None unless it is cached. On GPUs it is torch.compile with CUDA graphs
     (mode="reduce-overhead"), compiled in each process: static shapes, with a tensor position and attention
-    over the whole cache, masked. Raises RuntimeError when compiling fails.
+    over the whole cache, masked. Raises RuntimeError when compiling or loading fails; with build=True a
+    package that cannot be loaded is built again.
     """
-    if next(model.parameters()).is_cuda:
+    device = next(model.parameters()).device.type
+    if device == "cuda":
         return static_step(model, mode="reduce-overhead") if build else None
-    path = _package_path(model, batch_size)
-    if not os.path.exists(path):
+    if device != "cpu":
         if not build:
             return None
-        _build_package(model, batch_size, path)
+        raise RuntimeError(f"there is no compiled decode step for {device}")
+    path = _package_path(model, batch_size)
+    if os.path.exists(path):
+        try:
+            return _load_package(path)
+        except RuntimeError:
+            if not build:
+                raise
+    elif not build:
+        return None
+    _build_package(model, batch_size, path)  # replaces one that cannot be loaded
+    return _load_package(path)
+
+
+def _load_package(path):
     # the loader itself, not torch._inductor.aoti_load_package: that imports all of inductor (1.5 s) to load
     # a package in 0.1 s
-    package = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
+    try:
+        package = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
+    except RuntimeError as e:
+        raise RuntimeError(f"the compiled decode step {path} cannot be loaded ({_first_line(e)}); "
+                           "--compile=True builds it again") from e
     # the package assumes the strides it was built with: a column sliced from a context is not contiguous
     return lambda idx, cache, pos: package.boxed_run([idx.contiguous(), torch.empty(pos + 1),
                                                       *(t for kv in cache for t in kv)])[0]
@@ -107,7 +126,7 @@ def decode_step(model, batch_size, compile=None):
         return None
     if step is not None and compile:
         print(f"compiled decode step ready in {time.perf_counter() - began:.1f} s", file=sys.stderr)
-    elif step is None and not next(model.parameters()).is_cuda:
+    elif step is None and next(model.parameters()).device.type == "cpu":
         print("note: decoding eagerly; --compile=True builds this checkpoint's compiled decode step once "
               "(30-60 s), about 3x faster, and later runs use it by themselves", file=sys.stderr)
     return step
@@ -136,6 +155,10 @@ class _DecodeStep(nn.Module):
 
     def forward(self, idx, length, *cache):
         return self.model(idx, cache=list(zip(cache[::2], cache[1::2])), pos=length.shape[0] - 1)
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def _package_path(model, batch_size):
@@ -167,8 +190,7 @@ def _build_package(model, batch_size, path):
                 "freezing": True})
         os.replace(tmp, path)  # whole or not at all: another process may be loading it
     except Exception as e:  # a missing compiler, an unsupported op: the reason, in one line
-        raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: "
-                           f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from e
+        raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: {_first_line(e)})") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

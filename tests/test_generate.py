@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -172,6 +174,20 @@ def test_the_static_step_gpus_capture_gives_the_eager_tokens_from_one_graph():
     generate(model, idx, 2, step=step, **GREEDY)  # the first call compiles
     with torch.compiler.set_stance("fail_on_recompile"):
         assert torch.equal(generate(model, idx, 40, step=step, **GREEDY), eager)
+
+
+def test_a_cached_decode_step_that_cannot_be_loaded_is_named_and_sampling_goes_on_eagerly(tmp_path, monkeypatch,
+                                                                                           capsys):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = prepare_for_decoding(tiny())
+    path = G._package_path(model, 1)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(b"half a package")
+    with pytest.raises(RuntimeError, match="cannot be loaded .*--compile=True builds it again"):
+        compile_for_decoding(model, 1, build=False)
+    assert G.decode_step(model, 1) is None
+    assert "cannot be loaded" in capsys.readouterr().err
 
 
 @pytest.mark.slow
