@@ -5,6 +5,9 @@ only: it is handed a cache and the position of its input, and this file decides 
 
   model = prepare_for_decoding(model)
   for tokens in stream(model, prompt_ids, 200, seed=7, eos_id=eot): ...   # (B, 1) tokens, one step at a time
+
+A compiled one-token step (compile_for_decoding; decode_step applies the scripts' --compile rule) can take
+every decode step after the prefill: stream(..., step=step).
 """
 import getpass
 import hashlib
@@ -78,11 +81,20 @@ def compile_for_decoding(model, batch_size, build=True):
     """
     device = next(model.parameters()).device.type
     if device == "cuda":
-        return static_step(model, mode="reduce-overhead") if build else None
+        if not build:
+            return None
+        step = static_step(model, mode="reduce-overhead")
+        try:  # compile now, on a scratch cache, so that a failure is said here and not at the first token
+            step(torch.zeros(batch_size, 1, dtype=torch.long, device="cuda"), new_cache(model, batch_size), 1)
+        except Exception as e:
+            raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: {_first_line(e)})") from e
+        return step
     if device != "cpu":
         if not build:
             return None
         raise RuntimeError(f"there is no compiled decode step for {device}")
+    if not build and not (os.path.isdir(_package_dir()) and os.listdir(_package_dir())):
+        return None  # nothing was ever built here: no need to hash the weights to know it
     path = _package_path(model, batch_size)
     if os.path.exists(path):
         try:
@@ -104,16 +116,14 @@ def _load_package(path):
     except RuntimeError as e:
         raise RuntimeError(f"the compiled decode step {path} cannot be loaded ({_first_line(e)}); "
                            "--compile=True builds it again") from e
-    # the package assumes the strides it was built with: a column sliced from a context is not contiguous
-    return lambda idx, cache, pos: package.boxed_run([idx.contiguous(), torch.empty(pos + 1),
-                                                      *(t for kv in cache for t in kv)])[0]
+    return lambda idx, cache, pos: package.boxed_run([idx, torch.empty(pos + 1), *(t for kv in cache for t in kv)])[0]
 
 
 def decode_step(model, batch_size, compile=None):
     """The scripts' --compile: None takes the compiled step when it is built already (else None, with a note
     on stderr saying how to build it), True builds it when needed, False never. Compiling that fails is said
     on stderr and gives None (eager decoding). ValueError for any other value."""
-    if compile not in (None, True, False):
+    if compile is not None and not isinstance(compile, bool):
         raise ValueError(f"--compile={compile!r}: use True (build the compiled decode step when needed), False, "
                          "or leave it out (use it when it is built)")
     if compile is False:
@@ -141,7 +151,7 @@ def static_step(model, **compile_options):
     def step(idx, cache, pos):
         for t in (t for kv in cache for t in kv):
             torch._dynamo.mark_static_address(t)
-        return compiled(idx.contiguous(), cache=cache, pos=torch.tensor(pos, device=idx.device))
+        return compiled(idx, cache=cache, pos=torch.tensor(pos, device=idx.device))
     return step
 
 
@@ -163,21 +173,27 @@ def _first_line(error):
 
 def _package_path(model, batch_size):
     """The cached package's file: named by a hash of all that the compiled code depends on."""
-    key = hashlib.sha256(repr((torch.__version__, torch.get_num_threads(), model.config, batch_size)).encode())
+    key = hashlib.sha256(repr((torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
+                               model.config, batch_size)).encode())
     for source in (__file__, sys.modules[type(model).__module__].__file__):  # this code and the model's
         with open(source, "rb") as f:
             key.update(f.read())
     for name, tensor in model.state_dict().items():
         key.update(name.encode())
         key.update(tensor.detach().contiguous().view(torch.uint8).numpy())
-    # inductor's own cache directory (its rule, without importing inductor: 1.2 s), so clearing one clears both
+    return os.path.join(_package_dir(), key.hexdigest()[:32] + ".pt2")
+
+
+def _package_dir():
+    """decode/ in inductor's own cache directory (its rule, without importing inductor: 1.2 s), so clearing one
+    clears both."""
     cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(),
                                                                          f"torchinductor_{getpass.getuser()}")
-    return os.path.join(cache_dir, "decode", key.hexdigest()[:32] + ".pt2")
+    return os.path.join(cache_dir, "decode")
 
 
 def _build_package(model, batch_size, path):
-    idx, length = torch.zeros(batch_size, 1, dtype=torch.long), torch.empty(8)
+    idx, length = torch.zeros(batch_size, 1, dtype=torch.long), torch.empty(min(8, model.config.max_seq_len))
     cache = [t for kv in new_cache(model, batch_size) for t in kv]
     dynamic = (None, {0: torch.export.Dim("length", min=2, max=model.config.max_seq_len)}, (None,) * len(cache))
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -289,8 +305,8 @@ def stream(model, idx, max_new_tokens, temperature=DEFAULTS["temperature"], top_
     for _ in range(max_new_tokens):
         if use_cache:  # prefill of the whole context when the cache is empty, else one new token
             new = context[:, cached:]
-            if step is not None and new.shape[1] == 1:
-                logits = step(new, cache, cached)
+            if step is not None and new.shape[1] == 1 and cached > 0:
+                logits = step(new.contiguous(), cache, cached)  # a compiled step assumes its built strides
             else:
                 logits = model(new, cache=cache, pos=cached)
             cached = context.shape[1]

@@ -73,9 +73,13 @@ def _sdpa(q, k, v):
 
 
 def _math(q, k, v):
-    """The plain definition, the reference the others are tested against: each position sees the ones up
-    to its own."""
-    return cached_attention(q, k.transpose(1, 2), v.transpose(1, 2), torch.arange(q.shape[1], device=q.device))
+    """The plain definition, the reference the others are tested against."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    T, S = q.shape[2], k.shape[2]
+    causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    return (scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v).transpose(1, 2)
 
 
 ATTENTION_BACKENDS = {"fa4": _fa4, "fa2": _fa2, "sdpa": _sdpa, "math": _math}
@@ -196,14 +200,21 @@ class Attention(nn.Module):
 
 def cached_attention(q, cache_k, cache_v, positions):
     """q (B, T, H, D) at positions (T,) against the cache's (B, H_kv, S, D) keys and values: each query sees
-    the cache slots up to its own position. Plain products, one query row per head: a compiled decode step
-    turns them into a single fused loop over the cache (inductor does so for a product with one row)."""
+    the cache slots up to its own position.
+
+    SDPA with that mask, except in a compiled one-token step: there plain products, one query row per head,
+    which inductor turns into a single fused loop over the cache (SDPA's CPU kernel took three times longer).
+    """
     q = q.transpose(1, 2)
-    if cache_k.shape[1] != q.shape[1]:  # grouped-query attention: each key head serves a group of query heads
-        cache_k, cache_v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (cache_k, cache_v))
-    scores = q @ cache_k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, S)
     seen = torch.arange(cache_k.shape[2], device=q.device) <= positions[:, None]  # (T, S)
-    return (scores.masked_fill(~seen, float("-inf")).softmax(-1) @ cache_v).transpose(1, 2)
+    if q.shape[2] == 1 and torch.compiler.is_compiling():
+        if cache_k.shape[1] != q.shape[1]:  # grouped-query attention: a key head serves a group of query heads
+            cache_k, cache_v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (cache_k, cache_v))
+        scores = q @ cache_k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        return (scores.masked_fill(~seen, float("-inf")).softmax(-1) @ cache_v).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=seen,
+                                         enable_gqa=cache_k.shape[1] != q.shape[1])
+    return out.transpose(1, 2)
 
 
 class FeedForward(nn.Module):
