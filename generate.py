@@ -202,8 +202,7 @@ def _build_package(model, batch_size, path):
         with torch.no_grad():
             program = torch.export.export(_DecodeStep(model), (idx, length, *cache), dynamic_shapes=dynamic)
             torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs={
-                "max_autotune": True, "max_autotune_gemm_backends": "CPP", "autotune_fallback_to_aten": True,
-                "freezing": True})
+                "max_autotune": True, "max_autotune_gemm_backends": "CPP", "freezing": True})
         os.replace(tmp, path)  # whole or not at all: another process may be loading it
     except Exception as e:  # a missing compiler, an unsupported op: the reason, in one line
         raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: {_first_line(e)})") from e
