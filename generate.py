@@ -87,7 +87,7 @@ def compile_for_decoding(model, batch_size, build=True):
         try:  # compile now, on a scratch cache, so that a failure is said here and not at the first token
             step(torch.zeros(batch_size, 1, dtype=torch.long, device="cuda"), new_cache(model, batch_size), 1)
         except Exception as e:
-            raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: {_first_line(e)})") from e
+            raise _compile_error(e) from e
         return step
     if device != "cpu":
         if not build:
@@ -119,13 +119,18 @@ def _load_package(path):
     return lambda idx, cache, pos: package.boxed_run([idx, torch.empty(pos + 1), *(t for kv in cache for t in kv)])[0]
 
 
-def decode_step(model, batch_size, compile=None):
-    """The scripts' --compile: None takes the compiled step when it is built already (else None, with a note
-    on stderr saying how to build it), True builds it when needed, False never. Compiling that fails is said
-    on stderr and gives None (eager decoding). ValueError for any other value."""
+def check_compile(compile):
+    """ValueError unless --compile is None, True or False."""
     if compile is not None and not isinstance(compile, bool):
         raise ValueError(f"--compile={compile!r}: use True (build the compiled decode step when needed), False, "
                          "or leave it out (use it when it is built)")
+
+
+def decode_step(model, batch_size, compile=None):
+    """The scripts' --compile: None takes the compiled step when it is built already (else None, with a note
+    on stderr saying how to build it), True builds it when needed, False never. Compiling that fails is said
+    on stderr and gives None (eager decoding). ValueError for any other value (check_compile)."""
+    check_compile(compile)
     if compile is False:
         return None
     began = time.perf_counter()
@@ -171,6 +176,11 @@ def _first_line(error):
     return (str(error).strip().splitlines() or [""])[0][:200]
 
 
+def _compile_error(error):
+    """A failed compile (no C++ compiler, an unsupported op, no Triton), its cause in one line."""
+    return RuntimeError(f"compiling the decode step failed ({type(error).__name__}: {_first_line(error)})")
+
+
 def _package_path(model, batch_size):
     """The cached package's file: named by a hash of all that the compiled code depends on."""
     key = hashlib.sha256(repr((torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
@@ -205,7 +215,7 @@ def _build_package(model, batch_size, path):
                 "max_autotune": True, "max_autotune_gemm_backends": "CPP", "freezing": True})
         os.replace(tmp, path)  # whole or not at all: another process may be loading it
     except Exception as e:  # a missing compiler, an unsupported op: the reason, in one line
-        raise RuntimeError(f"compiling the decode step failed ({type(e).__name__}: {_first_line(e)})") from e
+        raise _compile_error(e) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

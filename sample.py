@@ -20,8 +20,8 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import (DEFAULTS, check_settings, decode_step, encode_prompt, prepare_for_decoding,
-                      stream as stream_tokens)
+from generate import (DEFAULTS, check_compile, check_settings, decode_step, encode_prompt,
+                      prepare_for_decoding, stream as stream_tokens)
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -45,6 +45,7 @@ configure(globals())
 
 try:
     check_settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    check_compile(compile)
     device, dtype = choose(device, dtype)
 except ValueError as e:
     fail(str(e))
@@ -67,10 +68,7 @@ try:
 except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
     fail(str(e))
 model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
-try:
-    step = decode_step(model, num_samples, compile)
-except ValueError as e:
-    fail(str(e))
+step = decode_step(model, num_samples, compile)
 
 prompt, warning = encode_prompt(enc, start, model.config.max_seq_len)
 if warning:

@@ -36,7 +36,8 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import DEFAULTS, check_settings, decode_step, encode_prompt, prepare_for_decoding, stream
+from generate import (DEFAULTS, check_compile, check_settings, decode_step, encode_prompt, prepare_for_decoding,
+                      stream)
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -436,6 +437,7 @@ class Handler(BaseHTTPRequestHandler):
 # ----------------------------------------------------------------------------- start
 
 try:
+    check_compile(compile)
     device, dtype = choose(device, dtype)
 except ValueError as e:
     fail(str(e))
@@ -455,10 +457,7 @@ MODEL_FACTS = {"id": MODEL_ID, "parameters": model.num_params(), "context": mode
                "vocab_size": model.config.vocab_size, "tokenizer": tokenizer.spec_kind(spec), **facts}
 STARTED = int(time.time())
 model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
-try:
-    compiled_step = decode_step(model, 1, compile)  # each request decodes alone, one step at a time in turn
-except ValueError as e:
-    fail(str(e))
+compiled_step = decode_step(model, 1, compile)  # each request decodes alone, one step at a time in turn
 try:
     server = Server((host, port), Handler)
 except (OSError, OverflowError) as e:  # a busy port, an unknown host
