@@ -26,6 +26,10 @@ compile = False  # train: torch.compile the model
 threads = 2  # decode: torch threads, and run.c's OpenMP threads
 rounds = 3  # decode and train: alternating rounds, for ranges on a noisy machine
 decode_shapes = "15M,42M"  # decode: of SHAPES
+decode_quantize = "bf16,int8"  # decode: also these --quantize choices at batch 1; quantize: the ones compared with fp32
+quantize_out_dir = ""  # quantize: the trained checkpoint's directory
+quantize_prompts = 16  # quantize: greedy samples, one per story opening
+quantize_tokens = 240  # quantize: new tokens per greedy sample
 decode_tokens = 256  # decode: positions per sample, prompt included (run.c's --steps): a 16-token prompt, 240 new
 preset = "config/train_llama2c_15m.py"  # train: the config file whose shape and batch are timed
 train_device = ""  # train: '' picks cuda, then mps, then cpu
@@ -110,7 +114,8 @@ def bench_decode():
     """Our sampler beside llama2.c's run.c, alternating in the same minutes: fp32, greedy, 16-token prompt.
 
     Both of sample.py's paths: eager (a checkpoint whose compiled decode step is not built yet) and the
-    compiled step (built once per checkpoint and batch size, then loaded: sample.py's default from then on).
+    compiled step (built once per checkpoint and batch size, then loaded: sample.py's default from then on);
+    and at batch 1 the same with each --quantize of decode_quantize.
     """
     import torch
     from generate import compile_for_decoding, prepare_for_decoding, stream
@@ -122,23 +127,25 @@ def bench_decode():
     headline = None
     for name in decode_shapes.split(","):
         shape = SHAPES[name]
-        torch.manual_seed(0)
-        model = prepare_for_decoding(Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)))
-        samplers = []
-        for batch in (1, 4, 16):
-            samplers.append((f"eager, batch {batch}", None, batch))
-            start = time.perf_counter()
-            try:
-                step = compile_for_decoding(model, batch)
-            except RuntimeError as e:  # no C++ compiler, say: the eager rows still stand
-                print(f"{name:<6} no compiled decode step: {e}", flush=True)
-                continue
-            print(f"{name:<6} compiled decode step, batch {batch:<2}: ready in {time.perf_counter() - start:5.1f} s "
-                  "(built the first time, loaded from the cache afterwards)", flush=True)
-            samplers.append((f"compiled, batch {batch}", step, batch))
+        samplers = []  # (label, model, compiled step or None, batch)
+        for quantize in ["", *filter(None, decode_quantize.split(","))]:
+            torch.manual_seed(0)  # the same weights for every variant
+            model = prepare_for_decoding(Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)), quantize)
+            for batch in (1, 4, 16) if not quantize else (1,):
+                label = f"{quantize + ' ' if quantize else ''}%s, batch {batch}"
+                samplers.append((label % "eager", model, None, batch))
+                start = time.perf_counter()
+                try:
+                    step = compile_for_decoding(model, batch)
+                except RuntimeError as e:  # no C++ compiler, say: the eager rows still stand
+                    print(f"{name:<6} no compiled decode step: {e}", flush=True)
+                    continue
+                print(f"{name:<6} {label % 'compiled decode step'}: ready in {time.perf_counter() - start:5.1f} s "
+                      "(built the first time, loaded from the cache afterwards)", flush=True)
+                samplers.append((label % "compiled", model, step, batch))
         runs = {}
 
-        def timed(label, step, batch):
+        def timed(label, model, step, batch):
             prompt = torch.randint(0, 32000, (batch, 16))
             start = time.perf_counter()
             first = None
@@ -147,11 +154,11 @@ def bench_decode():
                 first = first or time.perf_counter() - start
             runs.setdefault(label, []).append((batch * n / (time.perf_counter() - start), first * 1e3))
 
-        for label, step, batch in samplers:  # warm-up
-            timed("warm-up", step, batch)
+        for sampler in samplers:  # warm-up
+            timed("warm-up", *sampler[1:])
         for _ in range(rounds):
-            for label, step, batch in samplers:
-                timed(label, step, batch)
+            for sampler in samplers:
+                timed(*sampler)
             rc = llama2c_decode(shape, decode_tokens)
             if rc is not None:
                 runs.setdefault("llama2.c run.c, batch 1", []).append((rc, float("nan")))
@@ -163,7 +170,7 @@ def bench_decode():
             print(f"{name:<6} {label:<40} {min(rates):7.0f}-{max(rates):<8.0f} {min(firsts):15.1f}")
         if "llama2.c run.c, batch 1" in runs:
             theirs = [r for r, _ in runs["llama2.c run.c, batch 1"]]
-            for label in [label for label in ("eager, batch 1", "compiled, batch 1") if label in runs]:
+            for label in [label for label, _, _, batch in samplers if batch == 1]:
                 ours = [r for r, _ in runs[label]]
                 print(f"{name} {label} / run.c, round by round: {', '.join(f'{a / b:.2f}x' for a, b in zip(ours, theirs))}")
         if name == "15M":  # sample.py's default path: the compiled step once it is built
@@ -171,6 +178,53 @@ def bench_decode():
             headline = rates[len(rates) // 2]
     if headline is not None:  # median over rounds
         print(f"decode tok/s: {headline:.0f}")
+
+
+def bench_quantize():
+    """What --quantize costs in quality, on a trained checkpoint (quantize_out_dir): eval.py's bits per byte
+    on its val split, and greedy agreement with fp32 from the openings of `stories`: the share of positions
+    whose greedy token is fp32's when both read fp32's greedy text (teacher-forced), and how far the two
+    greedy texts run identical (free-running)."""
+    import json
+    import torch
+    import tokenizer
+    from checkpoint import load_model
+    from generate import encode_prompt, prepare_for_decoding, stream
+    torch.set_num_threads(threads)
+    if not quantize_out_dir:
+        sys.exit("error: --what=quantize needs --quantize_out_dir=DIR, a training run's directory")
+    texts = open(stories, encoding="utf-8").read().split(tokenizer.EOT)[:quantize_prompts]
+    print(f"{quantize_out_dir}: bpb on its val split (eval.py), greedy agreement with fp32 from the first 8 words "
+          f"of {len(texts)} stories of {stories}, {quantize_tokens} new tokens each")
+    print(f"{'weights':<8} {'val bpb':>8} {'vs fp32':>8} {'teacher-forced':>15} {'identical, median':>18}")
+    reference = None
+    for quantize in ["", *filter(None, decode_quantize.split(","))]:
+        with tempfile.TemporaryDirectory() as tmp:
+            scored = subprocess.run([sys.executable, "eval.py", f"--out_dir={quantize_out_dir}", "--samples=0",
+                                     "--device=cpu", f"--quantize={quantize}", f"--output={tmp}/eval.json"],
+                                    cwd=HERE, capture_output=True, text=True)
+            if scored.returncode:
+                sys.exit(scored.stderr.strip().splitlines()[-1])  # eval.py's own one-line error
+            bpb = json.load(open(f"{tmp}/eval.json"))["lm"]["bpb"]
+        model, spec, _ = load_model(quantize_out_dir, "", "")
+        model = prepare_for_decoding(model, quantize)
+        enc, context = tokenizer.load_tokenizer(spec), model.config.max_seq_len
+        prompts = [encode_prompt(enc, " ".join(t.split()[:8]), context)[0] for t in texts]
+        # greedy, within one context window (so the teacher-forced pass below is one forward)
+        outs = [torch.cat([torch.tensor([p]), *stream(model, torch.tensor([p]), min(quantize_tokens, context - len(p)),
+                                                       temperature=0, repetition_penalty=1.0)], 1) for p in prompts]
+        if reference is None:
+            reference, ref_bpb = outs, bpb
+        agree, same = [], []
+        with torch.no_grad():
+            for p, ref, out in zip(prompts, reference, outs):
+                new = ref[0, len(p):]
+                predicted = model.lm_head(model.hidden(ref[:, :-1]))[0, len(p) - 1:].argmax(-1)
+                agree.append((predicted == new).float().mean().item())
+                differ = (out[0, len(p):] != new).nonzero()
+                same.append(differ[0, 0].item() if len(differ) else len(new))
+        print(f"{quantize or 'fp32':<8} {bpb:8.4f} {bpb / ref_bpb - 1:+8.3%} {sum(agree) / len(agree):15.1%} "
+              f"{sorted(same)[len(same) // 2]:11d} of {quantize_tokens}", flush=True)
 
 
 def bench_train():
@@ -358,4 +412,5 @@ def bench_recipe():
 
 
 if __name__ == "__main__":
-    {"prepare": bench_prepare, "decode": bench_decode, "train": bench_train, "recipe": bench_recipe}[what]()
+    {"prepare": bench_prepare, "decode": bench_decode, "quantize": bench_quantize, "train": bench_train,
+     "recipe": bench_recipe}[what]()

@@ -44,7 +44,7 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import DEFAULTS, check_settings, encode_prompt, prepare_for_decoding, stream
+from generate import DEFAULTS, check_quantize, check_settings, encode_prompt, prepare_for_decoding, stream
 from hf import HFError, read_hf_tokenizer, read_json
 
 # -----------------------------------------------------------------------------
@@ -68,6 +68,7 @@ reference = ""  # real stories (files like --input): their story figures are pri
 output = ""  # also write every figure, the model, the settings and the date to this .json file
 device = ""  # '' picks cuda, then mps, then cpu
 dtype = "float32"  # float32 gives the exact figures; bfloat16 is faster on GPUs
+quantize = ""  # CPU, our models: bf16 or int8 scores the model as sample.py --quantize decodes it
 # -----------------------------------------------------------------------------
 
 # openings written for this file, in the style of TinyStories; the empty one starts a fresh story
@@ -100,9 +101,9 @@ class Ours:
     """Our Llama, from a checkpoint or a Hugging Face Llama directory, with its tiktoken tokenizer."""
     kind = "llama"
 
-    def __init__(self, model, spec):
+    def __init__(self, model, spec, quantize=""):
         self.n_params = model.num_params()  # before prepare_for_decoding gives a tied head its own copy
-        self.model, self.spec = prepare_for_decoding(model), spec
+        self.model, self.spec = prepare_for_decoding(model, quantize), spec
         self.enc = tokenizer.load_tokenizer(spec)
         self.eot, self.window, self.vocab = self.enc.eot_token, model.config.max_seq_len, self.enc.n_vocab
 
@@ -188,9 +189,11 @@ def load(torch_device, torch_dtype):
     config_path = os.path.join(hf_dir, "config.json")
     config = read_json(config_path) if hf_dir and os.path.isfile(config_path) else None
     if isinstance(config, dict) and config.get("model_type") != "llama":
+        if quantize:
+            fail(f"--quantize is for our Llama models; {hf_dir} is a {config.get('model_type')} model")
         return Transformers(hf_dir, config, torch_device, torch_dtype), {"source": hf_dir}
     model, spec, facts = load_model(out_dir, ckpt, hf_dir)
-    return Ours(model.to(device=torch_device, dtype=torch_dtype), spec), facts
+    return Ours(model.to(device=torch_device, dtype=torch_dtype), spec, quantize), facts
 
 
 # ----------------------------------------------------------------------------- text
@@ -429,6 +432,7 @@ def check_options():
     try:
         check_settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
         torch_device, dtype_name = choose(device, dtype)
+        check_quantize(quantize, torch_device)
     except ValueError as e:
         fail(str(e))
     if samples < 0 or max_stories < 0:

@@ -20,7 +20,7 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import (DEFAULTS, check_compile, check_settings, decode_step, encode_prompt,
+from generate import (DEFAULTS, check_compile, check_quantize, check_settings, decode_step, encode_prompt,
                       prepare_for_decoding, stream as stream_tokens)
 from hf import HFError
 
@@ -39,6 +39,7 @@ seed = 1337
 device = ""  # '' picks cuda, then mps, then cpu
 dtype = ""  # '' picks bfloat16 on CUDA where supported, else float32
 compile = None  # the compiled decode step: None uses it when already built for this checkpoint, True builds it once (CPU: 30-60 s, cached), False never
+quantize = ""  # CPU: '' decodes with the checkpoint's fp32 weights; bf16 (every matrix) or int8 (the head; bf16 for the rest) are faster and close to it
 stream = True  # print the story as it is written (one sample only; several are printed when all are done)
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -47,6 +48,7 @@ try:
     check_settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     check_compile(compile)
     device, dtype = choose(device, dtype)
+    check_quantize(quantize, device)
 except ValueError as e:
     fail(str(e))
 if num_samples < 1:
@@ -67,7 +69,7 @@ try:
     enc = tokenizer.load_tokenizer(spec)
 except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
     fail(str(e))
-model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
+model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]), quantize)
 step = decode_step(model, num_samples, compile)
 
 prompt, warning = encode_prompt(enc, start, model.config.max_seq_len)

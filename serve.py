@@ -36,8 +36,8 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import (DEFAULTS, check_compile, check_settings, decode_step, encode_prompt, prepare_for_decoding,
-                      stream)
+from generate import (DEFAULTS, check_compile, check_quantize, check_settings, decode_step, encode_prompt,
+                      prepare_for_decoding, stream)
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -50,6 +50,7 @@ device = ""  # '' picks cuda, then mps, then cpu
 dtype = ""  # '' picks bfloat16 on CUDA where supported, else float32
 max_tokens_limit = 1024  # the most new tokens one request may ask for
 max_requests = 64  # requests generating at once; more are answered 503
+quantize = ""  # CPU: '', bf16 or int8 (as sample.py's): the matrices in fewer bytes, for speed
 compile = None  # the compiled decode step (as sample.py's): None uses it when built for this checkpoint, True builds it at start, False never
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -439,6 +440,7 @@ class Handler(BaseHTTPRequestHandler):
 try:
     check_compile(compile)
     device, dtype = choose(device, dtype)
+    check_quantize(quantize, device)
 except ValueError as e:
     fail(str(e))
 if not 0 <= port <= 65535:
@@ -456,7 +458,7 @@ MODEL_ID = os.path.basename(os.path.normpath(hf_dir or out_dir))
 MODEL_FACTS = {"id": MODEL_ID, "parameters": model.num_params(), "context": model.config.max_seq_len,
                "vocab_size": model.config.vocab_size, "tokenizer": tokenizer.spec_kind(spec), **facts}
 STARTED = int(time.time())
-model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]))
+model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]), quantize)
 compiled_step = decode_step(model, 1, compile)  # each request decodes alone, one step at a time in turn
 try:
     server = Server((host, port), Handler)

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import sys
@@ -11,7 +12,7 @@ import tokenizer
 from checkpoint import save_checkpoint
 from conftest import assert_clean_error, make_stories, run_in_process, run_script, write_txt
 from eval import OPENINGS, longest_copy, story_figures
-from generate import stream
+from generate import prepare_for_decoding, stream
 from hf import export_hf
 from model import Llama, ModelConfig
 
@@ -90,6 +91,18 @@ def test_the_batch_size_does_not_change_the_figures(run, tmp_path):
     one, eight = (evaluate(tmp_path, f"--out_dir={run['tmp'] / 'out'}", f"--batch_size={b}")["lm"] for b in (1, 8))
     for key in ("loss", "perplexity", "bpb"):
         assert one[key] == pytest.approx(eight[key], rel=1e-6, abs=1e-6)
+
+
+def test_quantize_scores_the_model_as_sample_py_decodes_it(run, tmp_path):
+    """--quantize=int8 scores the quantized matrices (the figure is their own hand-written sum, not fp32's)."""
+    args = (f"--out_dir={run['tmp'] / 'out'}", f"--input={run['tmp'] / 'val.txt'}")
+    exact, int8 = evaluate(tmp_path, *args)["lm"], evaluate(tmp_path, *args, "--quantize=int8")["lm"]
+    model = prepare_for_decoding(copy.deepcopy(run["model"]), "int8")
+    enc = run["enc"]
+    nll = sum(reference_nll(model, [enc.eot_token, *enc.encode_ordinary(s), enc.eot_token], CONTEXT)
+              for s in run["val"])
+    assert int8["bpb"] == pytest.approx(nll / math.log(2) / int8["bytes"], rel=1e-4)
+    assert int8["bpb"] != exact["bpb"] and int8["bpb"] == pytest.approx(exact["bpb"], rel=0.01)
 
 
 def test_max_stories_scores_the_first_stories(run, tmp_path):
@@ -237,6 +250,8 @@ def bad(run, tmp_path_factory):
     (["--out_dir={bad}/moved"], "which is not here"),
     (["--hf_dir={bad}/bert", "--input={bad}/empty.txt"], "not a causal language model"),
     (["--hf_dir={bad}/no_architectures", "--input={bad}/empty.txt"], "names no architectures"),
+    (["--quantize=int4"], "--quantize='int4'"),
+    (["--hf_dir={bad}/no_architectures", "--quantize=int8"], "--quantize is for our Llama models"),
 ])
 def test_bad_input_fails_with_one_line(run, bad, args, message):
     result = run_in_process("eval.py", f"--out_dir={run['tmp'] / 'out'}", "--samples=0",

@@ -52,6 +52,51 @@ def test_the_decoding_layout_gives_the_same_tokens_and_logits():
     assert torch.equal(generate(model, idx, 20, **GREEDY), before)
 
 
+def test_an_int8_matrix_is_its_rows_rounded_to_127_steps_of_their_largest_magnitude():
+    weight = torch.randn(6, 40)
+    weight[2] = 0.0  # a row of zeros stays zeros
+    low = G.Int8Linear(weight)
+    q, scale = low.weight[:, :40].float(), low.scales.float()[:, None]
+    assert not low.weight[:, 40:].any()  # zero columns up to the kernel's multiple of 16
+    assert low.weight.dtype == torch.int8 and low.scales.dtype == torch.bfloat16
+    assert q.abs().amax(1).tolist() == [127.0, 127.0, 0.0, 127.0, 127.0, 127.0]
+    assert ((weight - q * scale).abs() <= scale * 0.5 + 1e-7).all()  # each weight is its nearest step
+    x = torch.randn(3, 5, 40)
+    # the product of the bf16-rounded input with the dequantized matrix, rounded to bf16 at the end
+    expected = (x.bfloat16().float() @ (q * scale).t()).bfloat16().float()
+    torch.testing.assert_close(low(x), expected, rtol=2 ** -7, atol=1e-5)
+
+
+def test_a_bf16_matrix_gives_autocasts_product():
+    weight, x = torch.randn(6, 40), torch.randn(3, 40)
+    expected = (x.bfloat16().float() @ weight.bfloat16().float().t()).bfloat16().float()
+    torch.testing.assert_close(G.BF16Linear(weight)(x), expected, rtol=2 ** -7, atol=1e-5)
+
+
+@pytest.mark.parametrize("quantize", ["bf16", "int8"])
+def test_quantized_decoding_stays_close_to_fp32(quantize):
+    """Every matrix is replaced (the head by int8 with 'int8'), the embedding is not, and reading fp32's
+    greedy text the quantized model makes nearly the same choices."""
+    model = prepare_for_decoding(tiny(dim=128, vocab_size=500, max_seq_len=128))
+    low = prepare_for_decoding(tiny(dim=128, vocab_size=500, max_seq_len=128), quantize)
+    assert isinstance(low.lm_head, G.Int8Linear if quantize == "int8" else G.BF16Linear)
+    assert not any(isinstance(m, torch.nn.Linear) for m in low.modules())
+    assert low.embed_tokens.weight.dtype == torch.float32
+    idx = torch.randint(0, 500, (2, 8))
+    text = generate(model, idx, 100, **GREEDY)
+    logits, low_logits = all_logits(model, text), all_logits(low, text)
+    assert (low_logits - logits).abs().max() < 0.05 * logits.abs().max()
+    assert (low_logits.argmax(-1) == logits.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("quantize, device, message", [
+    ("int4", "cpu", "--quantize='int4': use bf16, int8"), ("int8", "cuda", "--quantize=int8 is for decoding on the CPU")])
+def test_quantize_choices_are_checked(quantize, device, message):
+    with pytest.raises(ValueError, match=message):
+        G.check_quantize(quantize, device)
+    G.check_quantize("", device)
+
+
 def test_top_k_keeps_exactly_k():
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
     kept = G.top_k_filter(logits, 2).isfinite()
@@ -205,6 +250,16 @@ def test_the_compiled_decode_step_gives_the_eager_text_and_is_built_once_per_wei
     other = prepare_for_decoding(tiny())
     other.norm.weight.data[0] += 1e-3
     assert compile_for_decoding(other, 2, build=False) is None  # other weights, another build
+
+
+@pytest.mark.slow
+def test_the_compiled_int8_step_gives_the_eager_int8_text(tmp_path, monkeypatch):
+    """inductor's own int8 kernel (not the eager one) reads the quantized matrices: the same greedy text."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = prepare_for_decoding(tiny(vocab_size=500), "int8")
+    idx = torch.randint(0, 500, (1, 6))
+    assert torch.equal(generate(model, idx, 40, step=compile_for_decoding(model, 1), **GREEDY),
+                       generate(model, idx, 40, **GREEDY))
 
 
 def test_a_prompt_is_preceded_by_end_of_text_and_cropped_to_leave_room_for_a_token():

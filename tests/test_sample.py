@@ -46,17 +46,20 @@ def test_streaming_prints_the_same_text(trained):
     assert sample(trained, "--stream=True").stdout == sample(trained, "--stream=False").stdout
 
 
-def test_greedy_output_is_the_models_greedy_generation(trained):
+@pytest.mark.parametrize("quantize", ["", "int8"])
+def test_greedy_output_is_the_models_greedy_generation(trained, quantize):
     from checkpoint import load_checkpoint, model_from_checkpoint
-    from generate import generate
+    from generate import generate, prepare_for_decoding
     ckpt = load_checkpoint(str(trained / "best.pt"))
-    model, enc = model_from_checkpoint(ckpt).eval(), tokenizer.load_tokenizer(ckpt["tokenizer"])
+    model = prepare_for_decoding(model_from_checkpoint(ckpt), quantize)
+    enc = tokenizer.load_tokenizer(ckpt["tokenizer"])
     prompt = [enc.eot_token] + enc.encode_ordinary("Lily and Max")
     ids = generate(model, torch.tensor([prompt]), 40, temperature=0, repetition_penalty=1.0,
                    eos_id=enc.eot_token)[0, len(prompt):].tolist()
     if enc.eot_token in ids:
         ids = ids[:ids.index(enc.eot_token)]
-    result = sample(trained, "--start=Lily and Max", "--temperature=0", "--repetition_penalty=1.0")
+    result = sample(trained, "--start=Lily and Max", "--temperature=0", "--repetition_penalty=1.0",
+                    f"--quantize={quantize}")
     assert result.stdout == "Lily and Max" + enc.decode(ids) + "\n"
 
 
@@ -79,7 +82,7 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
     (["--start=FILE:/nonexistent/prompt.txt"], "prompt file"), (["--temprature=1"], "unknown key 'temprature'"),
     (["--repetition_penalty=1e-30"], "repetition_penalty=1e-30"), (["--dtype=float16", "--device=cpu"], "float16"),
     (["--device=meta"], "--device=meta"), (["--num_samples=0"], "--num_samples"),
-    (["--ckpt=nope.pt"], "no checkpoint"),
+    (["--ckpt=nope.pt"], "no checkpoint"), (["--quantize=int4"], "--quantize='int4'"),
 ] + ([] if torch.cuda.is_available() else [(["--device=cuda"], "no CUDA")]))
 def test_bad_options_fail_with_one_line(trained, args, message):
     assert_clean_error(run_in_process("sample.py", f"--out_dir={trained}", *args), message)

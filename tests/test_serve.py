@@ -339,6 +339,7 @@ def test_the_server_still_answers_after_bad_requests(server):
 @pytest.mark.parametrize("args, message", [
     (["--port=70000"], "--port=70000 must be in [0, 65535]"), (["--max_tokens_limit=0"], "--max_tokens_limit=0"),
     (["--device=tpu"], "--device=tpu"), (["--out_dir=/nonexistent"], "no checkpoint"),
+    (["--quantize=int4"], "--quantize='int4'"),
 ])
 def test_bad_options_fail_with_one_line(args, message):
     assert_clean_error(run_in_process("serve.py", "--port=0", *args), message)
