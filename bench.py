@@ -1,11 +1,12 @@
-"""Benchmarks that print figures (no pass/fail): python bench.py --what=prepare|decode|train|recipe
+"""Benchmarks that print figures (no pass/fail): python bench.py --what=prepare|decode|quantize|train|recipe
 
 prepare: prepare.py as a whole process on `stories` repeated to about `prepare_mb` MB, beside the ceiling
          (a process that only reads the file, splits the stories over all cores and encodes them).
 decode:  our sampler (generate.py), eager and with the compiled decode step, at llama2.c's 15M and 42M shapes,
          batch 1, 4 and 16, alternating with llama2.c's run.c (../shared/anchors/llama2c_decode.py) in the same
-         minutes. Ends with the line `decode tok/s: N`: 15M, batch 1, fp32, the compiled step (sample.py's
-         default path once a checkpoint's step is built).
+         minutes; at batch 1 also with --quantize's bf16 and int8 weights. Ends with the line `decode tok/s: N`:
+         15M, batch 1, fp32, the compiled step (sample.py's default path once a checkpoint's step is built).
+quantize: what --quantize costs on a trained checkpoint (--quantize_out_dir): val bpb, greedy agreement with fp32.
 train:   a preset's training step (forward, chunked loss, backward, AdamW) on random tokens: ms/iter, tokens/s,
          MFU on GPUs, peak memory, attention backend, compile time; with --llama2c_dir, llama2.c's model.py beside it.
 recipe:  every training recipe's lr sweep at equal tokens on held-out stories (see bench_recipe).
@@ -110,6 +111,18 @@ def llama2c_decode(shape, tokens):
     return float(found.group(1)) if found else None
 
 
+def quantize_choices():
+    """fp32 ('') and decode_quantize's choices, each checked as the scripts check --quantize."""
+    from generate import check_quantize
+    choices = ["", *filter(None, decode_quantize.split(","))]
+    for choice in choices:
+        try:
+            check_quantize(choice, "cpu")
+        except ValueError as e:
+            sys.exit(f"error: --decode_quantize: {e}")
+    return choices
+
+
 def bench_decode():
     """Our sampler beside llama2.c's run.c, alternating in the same minutes: fp32, greedy, 16-token prompt.
 
@@ -128,7 +141,7 @@ def bench_decode():
     for name in decode_shapes.split(","):
         shape = SHAPES[name]
         samplers = []  # (label, model, compiled step or None, batch)
-        for quantize in ["", *filter(None, decode_quantize.split(","))]:
+        for quantize in quantize_choices():
             torch.manual_seed(0)  # the same weights for every variant
             model = prepare_for_decoding(Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)), quantize)
             for batch in (1, 4, 16) if not quantize else (1,):
@@ -198,7 +211,7 @@ def bench_quantize():
           f"of {len(texts)} stories of {stories}, {quantize_tokens} new tokens each")
     print(f"{'weights':<8} {'val bpb':>8} {'vs fp32':>8} {'teacher-forced':>15} {'identical, median':>18}")
     reference = None
-    for quantize in ["", *filter(None, decode_quantize.split(","))]:
+    for quantize in quantize_choices():
         with tempfile.TemporaryDirectory() as tmp:
             scored = subprocess.run([sys.executable, "eval.py", f"--out_dir={quantize_out_dir}", "--samples=0",
                                      "--device=cpu", f"--quantize={quantize}", f"--output={tmp}/eval.json"],
