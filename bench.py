@@ -111,6 +111,10 @@ def llama2c_decode(shape, tokens):
     return float(found.group(1)) if found else None
 
 
+def median(values):
+    return sorted(values)[len(values) // 2]
+
+
 def quantize_choices():
     """fp32 ('') and decode_quantize's choices, each checked as the scripts check --quantize."""
     from generate import check_quantize
@@ -187,8 +191,7 @@ def bench_decode():
                 ours = [r for r, _ in runs[label]]
                 print(f"{name} {label} / run.c, round by round: {', '.join(f'{a / b:.2f}x' for a, b in zip(ours, theirs))}")
         if name == "15M":  # sample.py's default path: the compiled step once it is built
-            rates = sorted(r for r, _ in runs.get("compiled, batch 1", runs["eager, batch 1"]))
-            headline = rates[len(rates) // 2]
+            headline = median([r for r, _ in runs.get("compiled, batch 1", runs["eager, batch 1"])])
     if headline is not None:  # median over rounds
         print(f"decode tok/s: {headline:.0f}")
 
@@ -208,7 +211,7 @@ def bench_quantize():
         sys.exit("error: --what=quantize needs --quantize_out_dir=DIR, a training run's directory")
     texts = open(stories, encoding="utf-8").read().split(tokenizer.EOT)[:quantize_prompts]
     print(f"{quantize_out_dir}: bpb on its val split (eval.py), greedy agreement with fp32 from the first 8 words "
-          f"of {len(texts)} stories of {stories}, {quantize_tokens} new tokens each")
+          f"of {len(texts)} stories of {stories}, up to {quantize_tokens} new tokens each (within the context)")
     print(f"{'weights':<8} {'val bpb':>8} {'vs fp32':>8} {'teacher-forced':>15} {'identical, median':>18}")
     reference = None
     for quantize in quantize_choices():
@@ -228,7 +231,7 @@ def bench_quantize():
                                                        temperature=0, repetition_penalty=1.0)], 1) for p in prompts]
         if reference is None:
             reference, ref_bpb = outs, bpb
-        agree, same = [], []
+        agree, same, lengths = [], [], []
         with torch.no_grad():
             for p, ref, out in zip(prompts, reference, outs):
                 new = ref[0, len(p):]
@@ -236,8 +239,9 @@ def bench_quantize():
                 agree.append((predicted == new).float().mean().item())
                 differ = (out[0, len(p):] != new).nonzero()
                 same.append(differ[0, 0].item() if len(differ) else len(new))
+                lengths.append(len(new))
         print(f"{quantize or 'fp32':<8} {bpb:8.4f} {bpb / ref_bpb - 1:+8.3%} {sum(agree) / len(agree):15.1%} "
-              f"{sorted(same)[len(same) // 2]:11d} of {quantize_tokens}", flush=True)
+              f"{median(same):11d} of {median(lengths)}", flush=True)
 
 
 def bench_train():

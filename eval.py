@@ -102,7 +102,7 @@ class Ours:
     kind = "llama"
 
     def __init__(self, model, spec, quantize=""):
-        self.n_params = model.num_params()  # before prepare_for_decoding gives a tied head its own copy
+        self.n_params = model.num_params()  # before prepare_for_decoding unties a head or quantizes
         self.model, self.spec = prepare_for_decoding(model, quantize), spec
         self.enc = tokenizer.load_tokenizer(spec)
         self.eot, self.window, self.vocab = self.enc.eot_token, model.config.max_seq_len, self.enc.n_vocab

@@ -62,7 +62,8 @@ def prepare_for_decoding(model, quantize=""):
     every matrix in bf16 (BF16Linear), 'int8' the output head in int8 (Int8Linear, the head is most of a
     small model's bytes) and the other matrices in bf16: on the blocks' small matrices inductor's int8 kernel
     ran 4x slower than bf16 (170 against 42 us at 768 x 288). The embedding stays as it is (one row a token).
-    Use check_quantize first.
+    Use check_quantize first. A quantized model is for decoding only: its matrices become buffers (not counted
+    by num_params) and forward(idx, targets), which reads lm_head.weight, no longer applies.
     """
     model.eval().requires_grad_(False)
     for parent in list(model.modules()):
@@ -84,7 +85,7 @@ def check_quantize(quantize, device):
     """ValueError unless --quantize is one of QUANTIZE, and '' off the CPU (the only device it was measured on)."""
     if quantize not in QUANTIZE:
         raise ValueError(f"--quantize={quantize!r}: use bf16, int8, or leave it out (fp32 weights)")
-    if quantize and device != "cpu":
+    if quantize and device.split(":")[0] != "cpu":
         raise ValueError(f"--quantize={quantize} is for decoding on the CPU; on {device}, --dtype=bfloat16 "
                          "is the fast path")
 

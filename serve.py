@@ -229,7 +229,7 @@ def new_job(body, openai):
 
 
 def health():
-    return {"status": "ok", "model": MODEL_FACTS, "device": device, "dtype": dtype,
+    return {"status": "ok", "model": MODEL_FACTS, "device": device, "dtype": dtype, "quantize": quantize,
             "requests_in_flight": worker.in_flight, "max_requests": max_requests,
             "max_tokens_limit": max_tokens_limit, "scheduling": "queued and interleaved one token at a time",
             "defaults": {**{k: DEFAULTS[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty")},

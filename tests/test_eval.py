@@ -101,7 +101,7 @@ def test_quantize_scores_the_model_as_sample_py_decodes_it(run, tmp_path):
     enc = run["enc"]
     nll = sum(reference_nll(model, [enc.eot_token, *enc.encode_ordinary(s), enc.eot_token], CONTEXT)
               for s in run["val"])
-    assert int8["bpb"] == pytest.approx(nll / math.log(2) / int8["bytes"], rel=1e-4)
+    assert int8["bpb"] == pytest.approx(nll / math.log(2) / int8["bytes"], rel=1e-8)
     assert int8["bpb"] != exact["bpb"] and int8["bpb"] == pytest.approx(exact["bpb"], rel=0.01)
 
 

@@ -90,11 +90,14 @@ def test_quantized_decoding_stays_close_to_fp32(quantize):
 
 
 @pytest.mark.parametrize("quantize, device, message", [
-    ("int4", "cpu", "--quantize='int4': use bf16, int8"), ("int8", "cuda", "--quantize=int8 is for decoding on the CPU")])
+    ("int4", "cpu", "--quantize='int4': use bf16, int8"),
+    ("int8", "cuda", "--quantize=int8 is for decoding on the CPU"),
+])
 def test_quantize_choices_are_checked(quantize, device, message):
     with pytest.raises(ValueError, match=message):
         G.check_quantize(quantize, device)
     G.check_quantize("", device)
+    G.check_quantize("int8", "cpu:0")
 
 
 def test_top_k_keeps_exactly_k():
@@ -257,8 +260,8 @@ def test_the_compiled_int8_step_gives_the_eager_int8_text(tmp_path, monkeypatch)
     """inductor's own int8 kernel (not the eager one) reads the quantized matrices: the same greedy text."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     model = prepare_for_decoding(tiny(vocab_size=500), "int8")
-    idx = torch.randint(0, 500, (1, 6))
-    assert torch.equal(generate(model, idx, 40, step=compile_for_decoding(model, 1), **GREEDY),
+    idx = torch.randint(0, 500, (2, 6))  # two rows: the kernel's blocks over rows, not one row alone
+    assert torch.equal(generate(model, idx, 40, step=compile_for_decoding(model, 2), **GREEDY),
                        generate(model, idx, 40, **GREEDY))
 
 

@@ -76,6 +76,16 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
     assert "warning: the prompt has" in result.stderr and "kept its last 63" in result.stderr
 
 
+def test_quantize_is_handed_to_the_decoding_transform(trained, monkeypatch):
+    import generate
+    prepare, seen = generate.prepare_for_decoding, []
+    monkeypatch.setattr(generate, "prepare_for_decoding",
+                        lambda model, quantize="": seen.append(quantize) or prepare(model, quantize))
+    for quantize in ("bf16", "int8", ""):
+        assert sample(trained, f"--quantize={quantize}", "--max_new_tokens=2").returncode == 0
+    assert seen == ["bf16", "int8", ""]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--temperature=-0.5"], "temperature=-0.5"), (["--top_p=0"], "top_p=0"), (["--top_p=1.5"], "top_p=1.5"),
     (["--top_k=-1"], "top_k=-1"), (["--repetition_penalty=0"], "repetition_penalty=0"),

@@ -148,8 +148,22 @@ def test_health_reports_the_model_and_the_server(server, model_dir):
     facts = {"id": "tiny", "parameters": parameters, "context": 64, "vocab_size": 257, "tokenizer": "bpe",
              "source": str(model_dir / "ckpt.pt"), "iter_num": 7, "val_loss": 2.5, "val_bpb": 1.25}
     assert health["model"].items() >= facts.items()
-    assert (health["device"], health["dtype"], health["requests_in_flight"]) == ("cpu", "float32", 0)
+    assert (health["device"], health["dtype"], health["quantize"]) == ("cpu", "float32", "")
+    assert health["requests_in_flight"] == 0
     assert (health["max_tokens_limit"], health["max_requests"]) == (LIMIT, MAX_REQUESTS)
+
+
+def test_a_quantized_server_says_so_and_serves_the_models_text(model_dir):
+    process, url = start_server(f"--out_dir={model_dir}", "--quantize=int8")
+    try:
+        assert request(url, "GET", "/health")[1]["quantize"] == "int8"
+        greedy, _ = generate(url, prompt="Lily", max_tokens=12, temperature=0)
+        assert greedy == [":", "é", "🙂", "\n", "L", "i", "l", "y"]
+        pieces, _ = generate(url, prompt="Lily", max_tokens=60, seed=5, **SAMPLED)
+        assert "".join(pieces) == sample_py(model_dir, "Lily", 60, seed=5, quantize="int8", **SAMPLED)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def test_the_page_is_one_self_contained_html_file(server):
