@@ -148,21 +148,22 @@ def bench_decode():
         for quantize in quantize_choices():
             torch.manual_seed(0)  # the same weights for every variant
             model = prepare_for_decoding(Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)), quantize)
+            prefix = f"{quantize} " if quantize else ""
             for batch in (1, 4, 16) if not quantize else (1,):
-                label = f"{quantize + ' ' if quantize else ''}%s, batch {batch}"
-                samplers.append((label % "eager", model, None, batch))
+                samplers.append((f"{prefix}eager, batch {batch}", model, None, batch))
                 start = time.perf_counter()
                 try:
                     step = compile_for_decoding(model, batch)
                 except RuntimeError as e:  # no C++ compiler, say: the eager rows still stand
                     print(f"{name:<6} no compiled decode step: {e}", flush=True)
                     continue
-                print(f"{name:<6} {label % 'compiled decode step'}: ready in {time.perf_counter() - start:5.1f} s "
-                      "(built the first time, loaded from the cache afterwards)", flush=True)
-                samplers.append((label % "compiled", model, step, batch))
+                print(f"{name:<6} {prefix}compiled decode step, batch {batch}: ready in "
+                      f"{time.perf_counter() - start:5.1f} s (built the first time, loaded from the cache afterwards)",
+                      flush=True)
+                samplers.append((f"{prefix}compiled, batch {batch}", model, step, batch))
         runs = {}
 
-        def timed(label, model, step, batch):
+        def run_sampler(label, model, step, batch):
             prompt = torch.randint(0, 32000, (batch, 16))
             start = time.perf_counter()
             first = None
@@ -172,10 +173,10 @@ def bench_decode():
             runs.setdefault(label, []).append((batch * n / (time.perf_counter() - start), first * 1e3))
 
         for sampler in samplers:  # warm-up
-            timed("warm-up", *sampler[1:])
+            run_sampler("warm-up", *sampler[1:])
         for _ in range(rounds):
             for sampler in samplers:
-                timed(*sampler)
+                run_sampler(*sampler)
             rc = llama2c_decode(shape, decode_tokens)
             if rc is not None:
                 runs.setdefault("llama2.c run.c, batch 1", []).append((rc, float("nan")))

@@ -139,19 +139,17 @@ def compile_for_decoding(model, batch_size, build=True):
     package that cannot be loaded is built again.
     """
     device = next(model.parameters()).device.type
-    if device == "cuda":
+    if device != "cpu":  # nothing is cached off the CPU: build or nothing
         if not build:
             return None
+        if device != "cuda":
+            raise RuntimeError(f"there is no compiled decode step for {device}")
         step = static_step(model, mode="reduce-overhead")
         try:  # compile now, on a scratch cache, so that a failure is said here and not at the first token
             step(torch.zeros(batch_size, 1, dtype=torch.long, device="cuda"), new_cache(model, batch_size), 1)
         except Exception as e:
             raise _compile_error(e) from e
         return step
-    if device != "cpu":
-        if not build:
-            return None
-        raise RuntimeError(f"there is no compiled decode step for {device}")
     if not build and not (os.path.isdir(_package_dir()) and os.listdir(_package_dir())):
         return None  # nothing was ever built here: no need to hash the weights to know it
     path = _package_path(model, batch_size)
