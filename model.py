@@ -57,8 +57,51 @@ class ModelConfig:
 # All take and return (batch, time, heads, head_dim), the flash-attn layout; k and v may have fewer heads.
 
 def _fa4(q, k, v):
-    from flash_attn.cute import flash_attn_func
-    return flash_attn_func(q, k, v, causal=True)[0]
+    if not _fa4_registered:  # done eagerly, by the backend's probe, before torch.compile traces this
+        _register_fa4()
+    return torch.ops.llama.fa4(q.contiguous(), k.contiguous(), v.contiguous())[0]
+
+
+_fa4_registered = False
+
+
+def _register_fa4():
+    """FlashAttention-4's causal forward and backward kernels as a torch.library custom op with an autograd
+    formula: torch.compile keeps it in the training graph as one opaque call (dynamo cannot trace the CuTe DSL
+    code behind flash_attn_func), and the backward runs FA4's own kernel on the saved log-sum-exp. Registered
+    on first use, so importing this module imports neither flash_attn nor torch.library's machinery."""
+
+    @torch.library.custom_op("llama::fa4", mutates_args=())
+    def fa4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from flash_attn.cute.interface import _flash_attn_fwd
+        out, lse = _flash_attn_fwd(q, k, v, causal=True, return_lse=True)[:2]
+        return out.contiguous(), lse.contiguous()  # the layouts the fake below promises the compiler
+
+    @fa4.register_fake
+    def _(q, k, v):  # out like q; the log-sum-exp in fp32, (batch, heads, time)
+        return torch.empty_like(q), q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32)
+
+    @torch.library.custom_op("llama::fa4_backward", mutates_args=())
+    def fa4_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, dout: torch.Tensor,
+                     lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from flash_attn.cute.interface import _flash_attn_bwd
+        dq, dk, dv = _flash_attn_bwd(q, k, v, out, dout, lse, causal=True)[:3]
+        return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+    @fa4_backward.register_fake
+    def _(q, k, v, out, dout, lse):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def save(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, *output)
+
+    def backward(ctx, dout, dlse):  # the lse is the op's own: nothing flows back through it
+        q, k, v, out, lse = ctx.saved_tensors
+        return fa4_backward(q, k, v, out, dout.contiguous(), lse)
+
+    fa4.register_autograd(backward, setup_context=save)
+    global _fa4_registered
+    _fa4_registered = True
 
 
 def _fa2(q, k, v):

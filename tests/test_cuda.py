@@ -58,6 +58,26 @@ def test_every_installed_attention_backend_agrees_with_the_math_reference(dtype,
     assert "sdpa" in ran and "math" in ran
 
 
+@pytest.mark.parametrize("kv_heads", [8, 2])
+def test_every_installed_attention_backend_has_the_gradients_of_the_math_reference(kv_heads):
+    q = torch.randn(2, 128, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(2, 128, kv_heads, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            for _ in range(2))
+    dout = torch.randn_like(q)
+    reference = torch.autograd.grad(M._math(q.float(), k.float(), v.float()), (q, k, v), dout.float())
+    ran = []
+    for name, fn in M.ATTENTION_BACKENDS.items():
+        try:
+            grads = torch.autograd.grad(fn(q, k, v), (q, k, v), dout)
+        except (ImportError, RuntimeError, TypeError, ValueError, NotImplementedError):
+            continue  # not installed, or not for this GPU
+        for got, expected, which in zip(grads, reference, "qkv"):  # bf16 operands: about 1e-3 to 1e-2
+            error = ((got.float() - expected).norm() / expected.norm()).item()
+            assert error < 2e-2, f"{name} d{which}: relative error {error:.2e}"
+        ran.append(name)
+    assert "sdpa" in ran
+
+
 def test_compiled_and_eager_losses_agree():
     model = tiny()
     idx = batch(model)

@@ -1,4 +1,6 @@
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -154,6 +156,60 @@ def test_an_explicit_backend_that_cannot_run_raises_one_clear_error():
     q = torch.randn(1, 4, 2, 8)
     with pytest.raises(M.BackendError, match="attention backend fa4 cannot run on cpu"):
         M.causal_attention(q, q, q, "fa4")  # needs CUDA and flash-attn-4
+
+
+def fake_flash_attn_4(calls):
+    """flash_attn.cute.interface's two kernel entry points in plain torch: the forward gives the log-sum-exp
+    of each row's scores, and the backward works from it, as FlashAttention's does."""
+    def scores(q, k):
+        k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
+        s = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+        return s.masked_fill(torch.ones_like(s, dtype=torch.bool).triu(1), float("-inf"))
+
+    def forward(q, k, v, causal, return_lse):
+        assert causal and return_lse
+        calls.append("forward")
+        return M._math(q, k, v).contiguous(), scores(q, k).logsumexp(-1), None  # FA4 returns more
+
+    def backward(q, k, v, out, dout, lse, causal):
+        calls.append("backward")
+        group = q.shape[2] // k.shape[2]
+        p = (scores(q, k) - lse[..., None]).exp()
+        dp = torch.einsum("bthd,bshd->bhts", dout, v.repeat_interleave(group, dim=2))
+        ds = p * (dp - (dout * out).sum(-1).transpose(1, 2)[..., None]) / math.sqrt(q.shape[-1])
+        dq = torch.einsum("bhts,bshd->bthd", ds, k.repeat_interleave(group, dim=2))
+        per_head = (torch.einsum("bhts,bthd->bshd", ds, q), torch.einsum("bhts,bthd->bshd", p, dout))
+        dk, dv = (g.unflatten(2, (k.shape[2], group)).sum(3) for g in per_head)
+        return dq, dk, dv
+
+    fake = types.ModuleType("flash_attn.cute.interface")
+    fake._flash_attn_fwd, fake._flash_attn_bwd = forward, backward
+    return fake
+
+
+def test_fa4_is_one_custom_op_that_compiles_without_breaks_and_differentiates_by_its_backward_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", fake_flash_attn_4(calls))
+    monkeypatch.setattr(M, "_chosen", {})
+    q, k, v = (torch.randn(2, 12, h, 16, requires_grad=True) for h in (4, 2, 2))
+    M._fa4(q, k, v).square().sum().backward()
+    assert calls == ["forward", "backward"]  # no recomputation of the forward for the gradients
+    got = [t.grad for t in (q, k, v)]
+    expected = torch.autograd.grad(M._math(q, k, v).square().sum(), (q, k, v))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+    model = tiny(attn_backend="fa4").train()
+    idx = torch.randint(0, 97, (2, 16))
+    assert M.pick_attention_backend(model.config, "cpu", torch.float32) == "fa4"
+    explained = torch._dynamo.explain(model)(idx, idx)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    eager = model(idx, idx)
+    compiled = torch.compile(model)(idx, idx)
+    torch.testing.assert_close(compiled, eager)
+    calls.clear()
+    compiled.backward()
+    assert calls == ["backward"] * model.config.n_layers  # the compiled graph's backward calls the kernel
 
 
 def count(**shape):
