@@ -372,7 +372,9 @@ def stream(model, idx, max_new_tokens, temperature=DEFAULTS["temperature"], top_
         if use_cache:  # prefill of the whole context when the cache is empty, else one new token
             new = context[:, cached:]
             if step is not None and new.shape[1] == 1 and cached > 0:
-                logits = step(new.contiguous(), cache, cached)  # a compiled step assumes its built strides
+                # a fresh (B, 1) tensor: a slice of the context has a stride that grows with it, and each new
+                # stride would recompile the step (and re-record its CUDA graph)
+                logits = step(new.clone(memory_format=torch.contiguous_format), cache, cached)
             else:
                 logits = model(new, cache=cache, pos=cached)
             cached = context.shape[1]
