@@ -6,6 +6,7 @@ decode:  our sampler (generate.py), eager and with the compiled decode step, at 
          batch 1, 4 and 16, alternating with llama2.c's run.c (../shared/anchors/llama2c_decode.py) in the same
          minutes; at batch 1 also with --quantize's bf16 and int8 weights. Ends with the line `decode tok/s: N`:
          15M, batch 1, fp32, the compiled step (sample.py's default path once a checkpoint's step is built).
+         --decode_device=cuda: the same on a GPU in sample.py's dtype (bf16), the compiled step in CUDA graphs.
 quantize: what --quantize costs on a trained checkpoint (--quantize_out_dir): val bpb, greedy agreement with fp32.
 train:   a preset's training step (forward, chunked loss, backward, AdamW) on random tokens: ms/iter, tokens/s,
          MFU on GPUs, peak memory, attention backend, compile time; with --llama2c_dir, llama2.c's model.py beside it.
@@ -32,6 +33,7 @@ quantize_out_dir = ""  # quantize: the trained checkpoint's directory
 quantize_prompts = 16  # quantize: greedy samples, one per story opening
 quantize_tokens = 240  # quantize: new tokens per greedy sample
 decode_tokens = 256  # decode: positions per sample, prompt included (run.c's --steps): a 16-token prompt, 240 new
+decode_device = "cpu"  # decode: cpu (beside run.c, fp32 and decode_quantize) or cuda (sample.py's dtype, CUDA graphs)
 preset = "config/train_llama2c_15m.py"  # train: the config file whose shape and batch are timed
 train_device = ""  # train: '' picks cuda, then mps, then cpu
 train_steps = 5  # train: steps timed per round, after one warm-up step
@@ -128,26 +130,35 @@ def quantize_choices():
 
 
 def bench_decode():
-    """Our sampler beside llama2.c's run.c, alternating in the same minutes: fp32, greedy, 16-token prompt.
+    """Our sampler beside llama2.c's run.c, alternating in the same minutes: greedy, 16-token prompt, fp32 on
+    CPU (on a GPU, sample.py's dtype and no run.c).
 
     Both of sample.py's paths: eager (a checkpoint whose compiled decode step is not built yet) and the
     compiled step (built once per checkpoint and batch size, then loaded: sample.py's default from then on);
     and at batch 1 the same with each --quantize of decode_quantize.
     """
     import torch
+    from device import DTYPES, choose
     from generate import compile_for_decoding, prepare_for_decoding, stream
     from model import Llama, ModelConfig
     torch.set_num_threads(threads)
-    print(f"{threads} threads, fp32, greedy, {decode_tokens} positions as run.c's --steps: a 16-token prompt and "
+    try:
+        device, dtype = choose(decode_device, "float32" if decode_device.startswith("cpu") else "", "--decode_device")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    on_cpu = device.startswith("cpu")
+    print(f"{device} ({threads} threads), {dtype}, greedy, {decode_tokens} positions as run.c's --steps: a 16-token "
+          f"prompt and "
           f"{decode_tokens - 16} new tokens, {rounds} rounds (ranges are min-max over rounds); our tok/s count only "
           "the new tokens, over the time from the prompt to the last token")
     headline = None
     for name in decode_shapes.split(","):
         shape = SHAPES[name]
         samplers = []  # (label, model, compiled step or None, batch)
-        for quantize in quantize_choices():
+        for quantize in quantize_choices() if on_cpu else [""]:  # --quantize is for CPUs
             torch.manual_seed(0)  # the same weights for every variant
-            model = prepare_for_decoding(Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)), quantize)
+            model = Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)).to(device, DTYPES[dtype])
+            model = prepare_for_decoding(model, quantize)
             prefix = f"{quantize} " if quantize else ""
             for batch in (1, 4, 16) if not quantize else (1,):
                 samplers.append((f"{prefix}eager, batch {batch}", model, None, batch))
@@ -164,12 +175,15 @@ def bench_decode():
         runs = {}
 
         def run_sampler(label, model, step, batch):
-            prompt = torch.randint(0, 32000, (batch, 16))
+            prompt = torch.randint(0, 32000, (batch, 16), device=device)
             start = time.perf_counter()
             first = None
-            for n, _ in enumerate(stream(model, prompt, decode_tokens - 16, temperature=0, repetition_penalty=1.0,
-                                         step=step), 1):
-                first = first or time.perf_counter() - start
+            for n, token in enumerate(stream(model, prompt, decode_tokens - 16, temperature=0,
+                                             repetition_penalty=1.0, step=step), 1):
+                if first is None:
+                    token.tolist()  # waits for the GPU
+                    first = time.perf_counter() - start
+            token.tolist()
             runs.setdefault(label, []).append((batch * n / (time.perf_counter() - start), first * 1e3))
 
         for sampler in samplers:  # warm-up
@@ -177,7 +191,7 @@ def bench_decode():
         for _ in range(rounds):
             for sampler in samplers:
                 run_sampler(*sampler)
-            rc = llama2c_decode(shape, decode_tokens)
+            rc = llama2c_decode(shape, decode_tokens) if on_cpu else None
             if rc is not None:
                 runs.setdefault("llama2.c run.c, batch 1", []).append((rc, float("nan")))
         print(f"{'shape':<6} {'sampler (total tok/s over the batch)':<40} {'tok/s':>16} {'first token ms':>15}")
@@ -258,7 +272,10 @@ def bench_train():
         exec(open(preset).read(), assignments)
         options.update({k: v for k, v in assignments.items() if k in options})
     options.update({k: v for k, v in (("batch_size", train_batch_size), ("vocab_size", train_vocab_size)) if v})
-    device, dtype = choose(train_device, "")
+    try:
+        device, dtype = choose(train_device, "", "--train_device")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     torch.manual_seed(0)
     model = Llama(ModelConfig(max_seq_len=options["block_size"], **{k: options[k] for k in options
                                                                     if k not in ("block_size", "batch_size")})).to(device)

@@ -14,18 +14,19 @@ PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H
               ("A6000", 155e12), ("V100", 125e12), ("T4", 65e12)]
 
 
-def choose(device="", dtype=""):
-    """(device, dtype name) for the options as given ('' = automatic); ValueError says what is wrong."""
+def choose(device="", dtype="", flag="--device"):
+    """(device, dtype name) for the options as given ('' = automatic); ValueError says what is wrong, naming
+    the device option as flag."""
     if not device:
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     kind = device.split(":")[0]
     if kind not in ("cuda", "mps", "cpu"):
-        raise ValueError(f"--device={device}: use cuda, cuda:N, mps or cpu (or leave it empty to choose)")
+        raise ValueError(f"{flag}={device}: use cuda, cuda:N, mps or cpu (or leave it empty to choose)")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={device}, but this machine has no CUDA GPU (or torch was built without CUDA): "
-                         "use --device=cpu or leave --device empty")
+        raise ValueError(f"{flag}={device}, but this machine has no CUDA GPU (or torch was built without CUDA): "
+                         f"use {flag}=cpu or leave {flag} empty")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device={device}, but MPS is not available here: use --device=cpu")
+        raise ValueError(f"{flag}={device}, but MPS is not available here: use {flag}=cpu")
     if not dtype:
         dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if kind == "cuda" else "float32"
     if dtype not in DTYPES:
