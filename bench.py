@@ -148,9 +148,10 @@ def bench_decode():
         sys.exit(f"error: {e}")
     on_cpu = device.startswith("cpu")
     print(f"{device} ({threads} threads), {dtype}, greedy, {decode_tokens} positions as run.c's --steps: a 16-token "
-          f"prompt and "
-          f"{decode_tokens - 16} new tokens, {rounds} rounds (ranges are min-max over rounds); our tok/s count only "
-          "the new tokens, over the time from the prompt to the last token")
+          f"prompt and {decode_tokens - 16} new tokens, {rounds} rounds (ranges are min-max over rounds); our tok/s "
+          "count only the new tokens, over the time from the prompt to the last token")
+    if not on_cpu and decode_quantize:
+        print(f"note: --quantize is for CPUs, so decode_quantize's rows ({decode_quantize}) are left out on {device}")
     headline = None
     for name in decode_shapes.split(","):
         shape = SHAPES[name]
