@@ -129,6 +129,15 @@ def quantize_choices():
     return choices
 
 
+def choose_device(device, flag):
+    """device.choose's device and its default dtype (fp32 on CPU, bf16 on GPUs), or one error line."""
+    from device import choose
+    try:
+        return choose(device, "", flag)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+
+
 def bench_decode():
     """Our sampler beside llama2.c's run.c, alternating in the same minutes: greedy, 16-token prompt, fp32 on
     CPU (on a GPU, sample.py's dtype and no run.c).
@@ -138,14 +147,11 @@ def bench_decode():
     and at batch 1 the same with each --quantize of decode_quantize.
     """
     import torch
-    from device import DTYPES, choose
+    from device import DTYPES
     from generate import compile_for_decoding, prepare_for_decoding, stream
     from model import Llama, ModelConfig
     torch.set_num_threads(threads)
-    try:
-        device, dtype = choose(decode_device, "float32" if decode_device.startswith("cpu") else "", "--decode_device")
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    device, dtype = choose_device(decode_device, "--decode_device")
     on_cpu = device.startswith("cpu")
     print(f"{device} ({threads} threads), {dtype}, greedy, {decode_tokens} positions as run.c's --steps: a 16-token "
           f"prompt and {decode_tokens - 16} new tokens, {rounds} rounds (ranges are min-max over rounds); our tok/s "
@@ -264,7 +270,7 @@ def bench_train():
     """ms/iter, tokens/s, MFU, peak memory, attention backend and compile time of a preset's training step,
     on random tokens; on CPU also the ratio to llama2.c's model.py (--llama2c_dir) at the same shape."""
     import torch
-    from device import DTYPES, choose, peak_flops
+    from device import DTYPES, peak_flops
     from model import Llama, ModelConfig, pick_attention_backend
     options = {"dim": 288, "n_layers": 6, "n_heads": 6, "n_kv_heads": 0, "hidden_dim": 0, "vocab_size": 32000,
                "tie_embeddings": True, "block_size": 256, "batch_size": 8}
@@ -273,10 +279,7 @@ def bench_train():
         exec(open(preset).read(), assignments)
         options.update({k: v for k, v in assignments.items() if k in options})
     options.update({k: v for k, v in (("batch_size", train_batch_size), ("vocab_size", train_vocab_size)) if v})
-    try:
-        device, dtype = choose(train_device, "", "--train_device")
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    device, dtype = choose_device(train_device, "--train_device")
     torch.manual_seed(0)
     model = Llama(ModelConfig(max_seq_len=options["block_size"], **{k: options[k] for k in options
                                                                     if k not in ("block_size", "batch_size")})).to(device)

@@ -326,8 +326,10 @@ class Llama(nn.Module):
         if not isinstance(pos, torch.Tensor) and pos + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.config.max_seq_len}")
         positions = torch.arange(T, device=idx.device) + pos
-        cos, sin = self.rope_cos[positions, None, :], self.rope_sin[positions, None, :]
-        visible = None if isinstance(pos, torch.Tensor) else pos + T
+        if isinstance(pos, torch.Tensor):  # a position known only when the graph runs: gather its rows
+            cos, sin, visible = self.rope_cos[positions, None, :], self.rope_sin[positions, None, :], None
+        else:  # a slice, so that training graphs hold no gather (an indirect load in RoPE's fused kernels)
+            cos, sin, visible = self.rope_cos[pos:pos + T, None, :], self.rope_sin[pos:pos + T, None, :], pos + T
         h = self.dropout(self.embed_tokens(idx))
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
             h = layer(h, cos, sin, layer_cache, positions, visible)
