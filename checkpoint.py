@@ -4,6 +4,7 @@ A checkpoint is a dict of plain data: the format tag, model_args (ModelConfig's 
 the tokenizer spec, iter_num and the val figures; train.py's ckpt.pt adds the optimizer and scaler state,
 the full training config and RNG states, while best.pt (the lowest val loss so far) holds no optimizer.
 """
+
 import os
 import sys
 
@@ -54,13 +55,18 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"{path} is not a readable checkpoint: {_why_unreadable(path, e)}")
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
     if found not in (FORMAT, *OLD_FORMATS):
-        raise CheckpointError(f"{path} has an unknown checkpoint format ({found!r}, expected {FORMAT!r}); "
-                              "for Hugging Face models use --hf_dir=PATH")
+        raise CheckpointError(
+            f"{path} has an unknown checkpoint format ({found!r}, expected {FORMAT!r}); "
+            "for Hugging Face models use --hf_dir=PATH"
+        )
     missing = [key for key in REQUIRED if key not in checkpoint]
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(repr(k) for k in missing)}: it was not written by train.py")
+        raise CheckpointError(
+            f"{path} lacks {', '.join(repr(k) for k in missing)}: it was not written by train.py"
+        )
     if found in OLD_FORMATS:
         from hf import from_hf_weights
+
         checkpoint["model"] = from_hf_weights(checkpoint["model"])
     return checkpoint
 
@@ -91,11 +97,15 @@ def load_model(out_dir="", ckpt="", hf_dir=""):
     """
     if hf_dir:
         from hf import load_hf
+
         model, spec = load_hf(hf_dir)
         return model, spec, {"source": hf_dir}
     path = checkpoint_path(out_dir, ckpt)
     checkpoint = load_checkpoint(path)
-    facts = {"source": path, "iter_num": checkpoint.get("iter_num"),
-             **{k: checkpoint[k] for k in ("val_loss", "val_bpb") if k in checkpoint},
-             "data_dir": (checkpoint.get("config") or {}).get("data_dir")}
+    facts = {
+        "source": path,
+        "iter_num": checkpoint.get("iter_num"),
+        **{k: checkpoint[k] for k in ("val_loss", "val_bpb") if k in checkpoint},
+        "data_dir": (checkpoint.get("config") or {}).get("data_dir"),
+    }
     return model_from_checkpoint(checkpoint), checkpoint["tokenizer"], facts

@@ -12,6 +12,7 @@ so the options stay globals a user can read and edit. A config file is Python th
 --key=value is parsed with literal_eval. Every value must keep its default's type (an int may stand for a
 float); for a string default the text is taken as written. Mistakes end the run with one line.
 """
+
 import ast
 import difflib
 import io
@@ -36,8 +37,11 @@ def configure(namespace, argv=None):
     values back into the namespace and returns them as {option: value}.
     """
     argv = sys.argv[1:] if argv is None else argv
-    defaults = {key: value for key, value in namespace.items()
-                if not key.startswith("_") and not key.isupper() and isinstance(value, PLAIN_TYPES)}
+    defaults = {
+        key: value
+        for key, value in namespace.items()
+        if not key.startswith("_") and not key.isupper() and isinstance(value, PLAIN_TYPES)
+    }
     if "--help" in argv or "-h" in argv:
         print_help(namespace, defaults)
         sys.exit(0)
@@ -52,8 +56,10 @@ def configure(namespace, argv=None):
         if isinstance(default, float) and type(value) is int:
             value = float(value)
         if default is not None and type(value) is not type(default):
-            fail(f"{shown} is a {type(value).__name__}, but {key} takes a {type(default).__name__} "
-                 f"(default {default!r})")
+            fail(
+                f"{shown} is a {type(value).__name__}, but {key} takes a {type(default).__name__} "
+                f"(default {default!r})"
+            )
         values[key] = value
 
     for arg in argv:
@@ -100,7 +106,9 @@ def print_help(namespace, defaults):
     if namespace.get("__doc__"):
         print(namespace["__doc__"].strip() + "\n")
     comments = option_comments(namespace.get("__file__"))
-    flags = {key: f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in defaults.items()}
+    flags = {
+        key: f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in defaults.items()
+    }
     width = max(map(len, flags.values()), default=0)
     print("options:")
     for key, flag in flags.items():
@@ -113,9 +121,11 @@ def option_comments(path):
         return {}
     with open(path, encoding="utf-8") as f:
         source = f.read()
-    comment_on_line = {token.start[0]: token.string.lstrip("#").strip()
-                       for token in tokenize.generate_tokens(io.StringIO(source).readline)
-                       if token.type == tokenize.COMMENT}
+    comment_on_line = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
     comments = {}
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign):

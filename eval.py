@@ -26,6 +26,7 @@ Story quality (--samples, 0 turns it off): stories sampled from built-in opening
 their length and how many end, distinct-1/2/3, repeated 4-grams, articles, and the longest run of words copied
 from the training stories; --reference puts the same figures for real stories beside them.
 """
+
 import datetime
 import itertools
 import json
@@ -63,7 +64,9 @@ top_k = DEFAULTS["top_k"]  # 0: off
 top_p = DEFAULTS["top_p"]  # 1.0: off
 repetition_penalty = DEFAULTS["repetition_penalty"]  # 1.0: off
 seed = 1337  # sample i is seeded seed + i
-train_input = ""  # training stories for the memorisation figure; '': the data_dir's train split, when there is one
+train_input = (
+    ""  # training stories for the memorisation figure; '': the data_dir's train split, when there is one
+)
 reference = ""  # real stories (files like --input): their story figures are printed beside the samples'
 output = ""  # also write every figure, the model, the settings and the date to this .json file
 device = ""  # '' picks cuda, then mps, then cpu
@@ -85,7 +88,9 @@ OPENINGS = (
     "Mia wanted to bake a cake for her friend's birthday.",
     "A big bear lived in the forest. He was very hungry.",
 )
-WORD = re.compile(r"\w+(?:'\w+)*")  # a word: letters and digits, with inner apostrophes (don't); no punctuation
+WORD = re.compile(
+    r"\w+(?:'\w+)*"
+)  # a word: letters and digits, with inner apostrophes (don't); no punctuation
 ARTICLES = {"a", "an", "the"}
 LOGIT_ROWS = 2048  # positions whose logits are alive at once: 2048 x 50257 fp32 is 0.4 GB
 SCAN_TOKENS = 1 << 24  # tokens of a .bin searched for end-of-text at once
@@ -93,12 +98,14 @@ SCAN_TOKENS = 1 << 24  # tokens of a .bin searched for end-of-text at once
 
 def token_nll(logits, targets):
     """(B, T) -log p of each target under (B, T, V) logits, in float32; 0 where the target is -1."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1,
-                           reduction="none").view(targets.shape)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1, reduction="none"
+    ).view(targets.shape)
 
 
 class Ours:
     """Our Llama, from a checkpoint or a Hugging Face Llama directory, with its tiktoken tokenizer."""
+
     kind = "llama"
 
     def __init__(self, model, spec, quantize=""):
@@ -114,14 +121,21 @@ class Ours:
         return self.enc.decode(ids)
 
     def prompt(self, text):
-        return encode_prompt(self.enc, text, self.window)[0]  # <|endoftext|> and the text, cropped to the context
+        return encode_prompt(self.enc, text, self.window)[
+            0
+        ]  # <|endoftext|> and the text, cropped to the context
 
     def nll(self, idx, targets):
         """The head runs on a slice of positions at a time, so the (B, T, V) logits never exist at once."""
         h = self.model.hidden(idx)
         step = max(1, LOGIT_ROWS // len(idx))
-        return torch.cat([token_nll(self.model.lm_head(h[:, t:t + step]), targets[:, t:t + step])
-                          for t in range(0, idx.shape[1], step)], dim=1)
+        return torch.cat(
+            [
+                token_nll(self.model.lm_head(h[:, t : t + step]), targets[:, t : t + step])
+                for t in range(0, idx.shape[1], step)
+            ],
+            dim=1,
+        )
 
     def sample(self, idx, seed, settings):
         """(B, up to max_new_tokens) new tokens; row i is seeded seed + i (generate.stream)."""
@@ -130,19 +144,24 @@ class Ours:
 
 class Transformers:
     """Any other Hugging Face causal LM, through transformers, with its own tokenizer and its own sampler."""
+
     kind = "transformers"
 
     def __init__(self, path, config, torch_device, torch_dtype):
         architectures = config.get("architectures") or []
         if not any(str(name).endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
-            fail(f"--hf_dir={path} holds a {config.get('model_type')!r} model "
-                 f"({', '.join(map(str, architectures)) or 'its config.json names no architectures'}), "
-                 "not a causal language model")
+            fail(
+                f"--hf_dir={path} holds a {config.get('model_type')!r} model "
+                f"({', '.join(map(str, architectures)) or 'its config.json names no architectures'}), "
+                "not a causal language model"
+            )
         try:
             import transformers
         except ImportError:
-            fail(f"--hf_dir={path} holds a {config.get('model_type')!r} model, which is evaluated through "
-                 "transformers: pip install transformers")
+            fail(
+                f"--hf_dir={path} holds a {config.get('model_type')!r} model, which is evaluated through "
+                "transformers: pip install transformers"
+            )
         transformers.logging.set_verbosity_error()  # no warnings about stories longer than its max length
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
@@ -176,12 +195,26 @@ class Transformers:
     def sample(self, idx, seed, settings):
         """transformers' generate with the same settings; rows share one random stream seeded with seed."""
         torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": settings["temperature"], "top_k": settings["top_k"],
-                    "top_p": settings["top_p"]} if settings["temperature"] > 0 else {"do_sample": False}
-        out = self.model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=settings["max_new_tokens"],
-                                  repetition_penalty=settings["repetition_penalty"], eos_token_id=self.eot,
-                                  pad_token_id=self.eot, **sampling)
-        return out[:, idx.shape[1]:]
+        sampling = (
+            {
+                "do_sample": True,
+                "temperature": settings["temperature"],
+                "top_k": settings["top_k"],
+                "top_p": settings["top_p"],
+            }
+            if settings["temperature"] > 0
+            else {"do_sample": False}
+        )
+        out = self.model.generate(
+            idx,
+            attention_mask=torch.ones_like(idx),
+            max_new_tokens=settings["max_new_tokens"],
+            repetition_penalty=settings["repetition_penalty"],
+            eos_token_id=self.eot,
+            pad_token_id=self.eot,
+            **sampling,
+        )
+        return out[:, idx.shape[1] :]
 
 
 def load(torch_device, torch_dtype):
@@ -198,6 +231,7 @@ def load(torch_device, torch_dtype):
 
 # ----------------------------------------------------------------------------- text
 
+
 def read_stories(files, limit=0):
     """Stories from raw files through prepare.py's readers: the first `limit` (0: all)."""
     stories = []
@@ -212,7 +246,9 @@ def read_meta(directory):
     """meta.json of a prepare.py output directory, checked."""
     path = os.path.join(directory, "meta.json")
     if not os.path.isfile(path):
-        fail(f"data_dir '{directory}' has no meta.json: run prepare.py first (python prepare.py --out_dir={directory})")
+        fail(
+            f"data_dir '{directory}' has no meta.json: run prepare.py first (python prepare.py --out_dir={directory})"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -232,13 +268,15 @@ def read_split(directory, meta, name):
     """
     path = os.path.join(directory, f"{name}.bin")
     if not os.path.isfile(path):
-        fail(f"data_dir '{directory}' has no {name}.bin: run prepare.py first (python prepare.py --out_dir={directory})")
+        fail(
+            f"data_dir '{directory}' has no {name}.bin: run prepare.py first (python prepare.py --out_dir={directory})"
+        )
     if os.path.getsize(path) == 0:
         return
     data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
     start = 0
     for offset in range(0, len(data), SCAN_TOKENS):
-        for end in (np.flatnonzero(data[offset:offset + SCAN_TOKENS] == meta["eot_id"]) + offset).tolist():
+        for end in (np.flatnonzero(data[offset : offset + SCAN_TOKENS] == meta["eot_id"]) + offset).tolist():
             yield data[start:end]
             start = end + 1
 
@@ -250,6 +288,7 @@ def training_stories(directory, meta):
 
 
 # ----------------------------------------------------------------------------- language-model figures
+
 
 def windows(n, window):
     """(begin, end, first) for a story of n inputs: the model reads inputs begin:end and the predictions at
@@ -272,17 +311,19 @@ def score(lm, stories, batch_size, torch_device):
     on the stories, so each story's sum is added up in the same order whatever the batch size.
     """
     seqs = [np.concatenate(([lm.eot], ids, [lm.eot])).astype(np.int64) for ids in stories]
-    spans = sorted(((i, *span) for i, seq in enumerate(seqs) for span in windows(len(seq) - 1, lm.window)),
-                   key=lambda span: span[1] - span[2])  # begin - end: the longest first
+    spans = sorted(
+        ((i, *span) for i, seq in enumerate(seqs) for span in windows(len(seq) - 1, lm.window)),
+        key=lambda span: span[1] - span[2],
+    )  # begin - end: the longest first
     totals = torch.zeros(len(stories), dtype=torch.float64)
     for b in range(0, len(spans), batch_size):
-        batch = spans[b:b + batch_size]
+        batch = spans[b : b + batch_size]
         width = max(end - begin for _, begin, end, _ in batch)
         idx = np.full((len(batch), width), lm.eot)
         targets = np.full((len(batch), width), -1)
         for row, (i, begin, end, first) in enumerate(batch):
-            idx[row, :end - begin] = seqs[i][begin:end]
-            targets[row, first - begin:end - begin] = seqs[i][first + 1:end + 1]
+            idx[row, : end - begin] = seqs[i][begin:end]
+            targets[row, first - begin : end - begin] = seqs[i][first + 1 : end + 1]
         nll = lm.nll(torch.from_numpy(idx).to(torch_device), torch.from_numpy(targets).to(torch_device))
         totals.index_add_(0, torch.tensor([s[0] for s in batch]), nll.double().sum(1).cpu())
     return totals
@@ -290,12 +331,13 @@ def score(lm, stories, batch_size, torch_device):
 
 # ----------------------------------------------------------------------------- story figures
 
+
 def words(text):
     return WORD.findall(text.lower())
 
 
 def ngrams(ws, n):
-    return [tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)]
+    return [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)]
 
 
 def share(part, whole):
@@ -329,8 +371,11 @@ def story_figures(stories, ended=None):
     """
     split = [words(s) for s in stories]
     n_words = sum(map(len, split))
-    figures = {"stories": len(stories), "reach_end": share(sum(ended), len(ended)) if ended is not None else None,
-               "mean_words": share(n_words, len(stories))}
+    figures = {
+        "stories": len(stories),
+        "reach_end": share(sum(ended), len(ended)) if ended is not None else None,
+        "mean_words": share(n_words, len(stories)),
+    }
     for n in (1, 2, 3):
         grams = [g for ws in split for g in ngrams(ws, n)]
         figures[f"distinct_{n}"] = share(len(set(grams)), len(grams))
@@ -357,7 +402,7 @@ def sample_stories(lm, n, seed, batch_size, settings, torch_device):
         group = list(group)
         prompt = lm.prompt(OPENINGS[opening])
         for start in range(0, len(group), batch_size):
-            rows = group[start:start + batch_size]
+            rows = group[start : start + batch_size]
             idx = torch.tensor([prompt] * len(rows), device=torch_device)
             for ids in lm.sample(idx, seed + rows[0], settings).tolist():
                 end = ids.index(lm.eot) if lm.eot in ids else len(ids)
@@ -368,6 +413,7 @@ def sample_stories(lm, n, seed, batch_size, settings, torch_device):
 
 
 # ----------------------------------------------------------------------------- report
+
 
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
@@ -381,11 +427,15 @@ def print_report(result):
     if model.get("val_bpb") is not None:
         about += f"; train.py's val bpb {model['val_bpb']:.4f}"
     print(f"model       {model['source']} ({about})")
-    print(f"text        {text['source']}: {lm['stories']:,} stories, {lm['tokens']:,} tokens, {lm['bytes']:,} bytes "
-          f"({lm['bytes_per_token']:.3f} bytes/token)")
+    print(
+        f"text        {text['source']}: {lm['stories']:,} stories, {lm['tokens']:,} tokens, {lm['bytes']:,} bytes "
+        f"({lm['bytes_per_token']:.3f} bytes/token)"
+    )
     if lm["long_stories"]:
-        print(f"            {lm['long_stories']:,} stories longer than the context: windows of {lm['window']} "
-              f"tokens advancing by {lm['stride']}")
+        print(
+            f"            {lm['long_stories']:,} stories longer than the context: windows of {lm['window']} "
+            f"tokens advancing by {lm['stride']}"
+        )
     print(f"loss        {lm['loss']:.4f} nats/token")
     print(f"perplexity  {lm['perplexity']:.3f}")
     print(f"bpb         {lm['bpb']:.4f} bits/byte")
@@ -394,21 +444,29 @@ def print_report(result):
     if not rows:
         return
     settings = result["settings"]
-    print(f"\nstories sampled with temperature {settings['temperature']}, top_k {settings['top_k']}, "
-          f"top_p {settings['top_p']}, repetition_penalty {settings['repetition_penalty']}, "
-          f"max_new_tokens {settings['max_new_tokens']}, seed {settings['seed']}")
-    lines = [("stories", "stories", "d"), ("reach <|endoftext|>", "reach_end", ".3f"),
-             ("mean length (words)", "mean_words", ".1f"), ("distinct-1", "distinct_1", ".4f"),
-             ("distinct-2", "distinct_2", ".4f"), ("distinct-3", "distinct_3", ".4f"),
-             ("repeated 4-grams", "repeated_4grams", ".4f"), ("article presence", "article_presence", ".3f"),
-             ("articles / 100 words", "articles_per_100_words", ".2f"),
-             ("longest copied run (words)", "longest_copy", "d")]
+    print(
+        f"\nstories sampled with temperature {settings['temperature']}, top_k {settings['top_k']}, "
+        f"top_p {settings['top_p']}, repetition_penalty {settings['repetition_penalty']}, "
+        f"max_new_tokens {settings['max_new_tokens']}, seed {settings['seed']}"
+    )
+    lines = [
+        ("stories", "stories", "d"),
+        ("reach <|endoftext|>", "reach_end", ".3f"),
+        ("mean length (words)", "mean_words", ".1f"),
+        ("distinct-1", "distinct_1", ".4f"),
+        ("distinct-2", "distinct_2", ".4f"),
+        ("distinct-3", "distinct_3", ".4f"),
+        ("repeated 4-grams", "repeated_4grams", ".4f"),
+        ("article presence", "article_presence", ".3f"),
+        ("articles / 100 words", "articles_per_100_words", ".2f"),
+        ("longest copied run (words)", "longest_copy", "d"),
+    ]
     print(f"{'':<28}" + "".join(f"{name:>12}" for name, _ in rows))
     for label, key, spec in lines:
         print(f"{label:<28}" + "".join(f"{fmt(figures[key], spec):>12}" for _, figures in rows))
     for name, figures in rows:
         if figures["longest_copy_text"]:
-            print(f"longest copied run, {name}: \"{figures['longest_copy_text']}\"")
+            print(f'longest copied run, {name}: "{figures["longest_copy_text"]}"')
 
 
 def write_json(path, result):
@@ -426,6 +484,7 @@ def write_json(path, result):
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def check_options():
     """Mistakes in the options stop the run before any work: (device, dtype name)."""
@@ -465,14 +524,20 @@ def text_to_score(lm, facts):
     if not text_dir:
         fail("nothing to score: give --data_dir=DIR (prepare.py's output) or --input=FILES (raw stories)")
     if not data_dir and not os.path.isdir(text_dir):
-        fail(f"the checkpoint was trained on data_dir '{text_dir}', which is not here: "
-             "give --data_dir=DIR or --input=FILES")
+        fail(
+            f"the checkpoint was trained on data_dir '{text_dir}', which is not here: "
+            "give --data_dir=DIR or --input=FILES"
+        )
     meta = read_meta(text_dir)
     if lm.spec != meta["tokenizer"]:
-        model_side = f"a {lm.vocab}-id {tokenizer.spec_kind(lm.spec)}" if lm.spec else f"its own {lm.vocab}-id"
-        fail(f"tokenizer mismatch: {text_dir} holds tokens of a {meta['vocab_size']}-id "
-             f"{tokenizer.spec_kind(meta['tokenizer'])} tokenizer, but the model uses {model_side} tokenizer; "
-             "score raw stories with --input=FILES instead (tokenized with the model's own tokenizer)")
+        model_side = (
+            f"a {lm.vocab}-id {tokenizer.spec_kind(lm.spec)}" if lm.spec else f"its own {lm.vocab}-id"
+        )
+        fail(
+            f"tokenizer mismatch: {text_dir} holds tokens of a {meta['vocab_size']}-id "
+            f"{tokenizer.spec_kind(meta['tokenizer'])} tokenizer, but the model uses {model_side} tokenizer; "
+            "score raw stories with --input=FILES instead (tokenized with the model's own tokenizer)"
+        )
     stories = list(itertools.islice(read_split(text_dir, meta, split), max_stories or None))
     enc = tokenizer.load_tokenizer(meta["tokenizer"])
     n_bytes = sum(len(enc.decode_bytes(ids.tolist())) for ids in stories)
@@ -485,22 +550,35 @@ def lm_figures(lm, stories, n_bytes, torch_device):
     seconds = time.perf_counter() - began
     tokens = sum(len(ids) + 1 for ids in stories)
     print(f"scored {tokens:,} tokens in {seconds:.2f} s ({tokens / seconds:,.0f} tokens/s)", file=sys.stderr)
-    return {"stories": len(stories), "tokens": tokens, "bytes": n_bytes, "bytes_per_token": n_bytes / tokens,
-            "loss": nll / tokens, "perplexity": math.exp(nll / tokens), "bpb": nll / math.log(2) / n_bytes,
-            "window": lm.window, "stride": max(1, lm.window // 2),
-            "long_stories": sum(len(ids) + 1 > lm.window for ids in stories), "seconds": seconds}
+    return {
+        "stories": len(stories),
+        "tokens": tokens,
+        "bytes": n_bytes,
+        "bytes_per_token": n_bytes / tokens,
+        "loss": nll / tokens,
+        "perplexity": math.exp(nll / tokens),
+        "bpb": nll / math.log(2) / n_bytes,
+        "window": lm.window,
+        "stride": max(1, lm.window // 2),
+        "long_stories": sum(len(ids) + 1 > lm.window for ids in stories),
+        "seconds": seconds,
+    }
 
 
 def training_texts(facts):
     """A function giving the training stories for the memorisation figure (--train_input, else the train
     split of --data_dir or of the checkpoint's data_dir), or None when there are none."""
     if train_input:
-        return lambda: (story for batch in prepare.read_files(prepare.expand_inputs(train_input)) for story in batch)
+        return lambda: (
+            story for batch in prepare.read_files(prepare.expand_inputs(train_input)) for story in batch
+        )
     train_dir = data_dir or facts.get("data_dir")
     if train_dir and os.path.isfile(os.path.join(train_dir, "train.bin")):
         return lambda: training_stories(train_dir, read_meta(train_dir))
-    print("no training stories (--train_input, or a data_dir with train.bin): no memorisation figure",
-          file=sys.stderr)
+    print(
+        "no training stories (--train_input, or a data_dir with train.bin): no memorisation figure",
+        file=sys.stderr,
+    )
     return None
 
 
@@ -520,21 +598,38 @@ def evaluate(settings):
     if samples:
         began = time.perf_counter()
         sample_settings = {key: settings[key] for key in DEFAULTS}
-        texts, continuations, ended = sample_stories(lm, samples, seed, batch_size, sample_settings, torch_device)
+        texts, continuations, ended = sample_stories(
+            lm, samples, seed, batch_size, sample_settings, torch_device
+        )
         seconds = time.perf_counter() - began
         print(f"sampled {samples} stories in {seconds:.1f} s", file=sys.stderr)
         # copies are looked for in the continuations only: the openings are ours
-        sampled = {**story_figures(texts, ended), **memorisation(continuations, training), "seconds": seconds,
-                   "texts": texts}
+        sampled = {
+            **story_figures(texts, ended),
+            **memorisation(continuations, training),
+            "seconds": seconds,
+            "texts": texts,
+        }
     if reference:  # as many real stories as samples, since distinct-n falls as the text grows
         real_stories = read_stories(reference, samples)
         real = {**story_figures(real_stories), **memorisation(real_stories, training)}
 
-    model = {"source": facts["source"], "kind": lm.kind, "parameters": lm.n_params, "context": lm.window,
-             **{k: facts[k] for k in ("iter_num", "val_loss", "val_bpb") if k in facts}}
-    result = {"model": model, "text": text, "lm": figures, "samples": sampled, "reference": real,
-              "settings": {**settings, "device": torch_device, "dtype": dtype_name},
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    model = {
+        "source": facts["source"],
+        "kind": lm.kind,
+        "parameters": lm.n_params,
+        "context": lm.window,
+        **{k: facts[k] for k in ("iter_num", "val_loss", "val_bpb") if k in facts},
+    }
+    result = {
+        "model": model,
+        "text": text,
+        "lm": figures,
+        "samples": sampled,
+        "reference": real,
+        "settings": {**settings, "device": torch_device, "dtype": dtype_name},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
     print_report(result)
     if output:
         write_json(output, result)

@@ -6,6 +6,7 @@
 transformers then loads it with no code of ours: AutoModelForCausalLM.from_pretrained("hf/smoke").
 Exporting over an earlier export replaces it whole; a directory holding other files is refused.
 """
+
 from checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 from configurator import configure, fail
 from hf import HFError, export_hf
@@ -24,5 +25,7 @@ if __name__ == "__main__":
         fail(str(e))
     except OSError as e:
         fail(f"cannot write {hf_dir}: {e.strerror or e}")
-    print(f"exported {path} to {hf_dir}: load it with transformers' "
-          f"AutoModelForCausalLM.from_pretrained({hf_dir!r}) and AutoTokenizer.from_pretrained({hf_dir!r})")
+    print(
+        f"exported {path} to {hf_dir}: load it with transformers' "
+        f"AutoModelForCausalLM.from_pretrained({hf_dir!r}) and AutoTokenizer.from_pretrained({hf_dir!r})"
+    )

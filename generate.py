@@ -9,6 +9,7 @@ only: it is handed a cache and the position of its input, and this file decides 
 A compiled one-token step (compile_for_decoding; decode_step applies the scripts' --compile rule) can take
 every decode step after the prefill: stream(..., step=step).
 """
+
 import getpass
 import hashlib
 import os
@@ -34,8 +35,10 @@ def check_settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p} must be in (0, 1] (1 turns it off)")
     if not 0.1 <= repetition_penalty <= 10:
-        raise ValueError(f"repetition_penalty={repetition_penalty} must be in [0.1, 10] (1 turns it off; "
-                         "above 1 discourages repeats)")
+        raise ValueError(
+            f"repetition_penalty={repetition_penalty} must be in [0.1, 10] (1 turns it off; "
+            "above 1 discourages repeats)"
+        )
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
 
@@ -46,8 +49,9 @@ def encode_prompt(enc, text, context):
     ids = [enc.eot_token] + enc.encode(text, allowed_special={tokenizer.EOT})
     if len(ids) < context:
         return ids, None
-    return ids[-(context - 1):], (f"the prompt has {len(ids)} tokens and the model's context is {context}; "
-                                  f"kept its last {context - 1}")
+    return ids[-(context - 1) :], (
+        f"the prompt has {len(ids)} tokens and the model's context is {context}; kept its last {context - 1}"
+    )
 
 
 def prepare_for_decoding(model, quantize=""):
@@ -86,8 +90,10 @@ def check_quantize(quantize, device):
     if quantize not in QUANTIZE:
         raise ValueError(f"--quantize={quantize!r}: use bf16, int8, or leave it out (fp32 weights)")
     if quantize and device.split(":")[0] != "cpu":
-        raise ValueError(f"--quantize={quantize} is for decoding on the CPU; on {device}, --dtype=bfloat16 "
-                         "is the fast path")
+        raise ValueError(
+            f"--quantize={quantize} is for decoding on the CPU; on {device}, --dtype=bfloat16 "
+            "is the fast path"
+        )
 
 
 class BF16Linear(nn.Module):
@@ -171,16 +177,22 @@ def _load_package(path):
     try:
         package = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
     except RuntimeError as e:
-        raise RuntimeError(f"the compiled decode step {path} cannot be loaded ({_first_line(e)}); "
-                           "--compile=True builds it again") from e
-    return lambda idx, cache, pos: package.boxed_run([idx, torch.empty(pos + 1), *(t for kv in cache for t in kv)])[0]
+        raise RuntimeError(
+            f"the compiled decode step {path} cannot be loaded ({_first_line(e)}); "
+            "--compile=True builds it again"
+        ) from e
+    return lambda idx, cache, pos: package.boxed_run(
+        [idx, torch.empty(pos + 1), *(t for kv in cache for t in kv)]
+    )[0]
 
 
 def check_compile(compile):
     """ValueError unless --compile is None, True or False."""
     if compile is not None and not isinstance(compile, bool):
-        raise ValueError(f"--compile={compile!r}: use True (build the compiled decode step when needed), False, "
-                         "or leave it out (use it when it is built)")
+        raise ValueError(
+            f"--compile={compile!r}: use True (build the compiled decode step when needed), False, "
+            "or leave it out (use it when it is built)"
+        )
 
 
 def decode_step(model, batch_size, compile=None):
@@ -199,8 +211,11 @@ def decode_step(model, batch_size, compile=None):
     if step is not None and compile:
         print(f"compiled decode step ready in {time.perf_counter() - began:.1f} s", file=sys.stderr)
     elif step is None and next(model.parameters()).device.type == "cpu":
-        print("note: decoding eagerly; --compile=True builds this checkpoint's compiled decode step once "
-              "(30-60 s; 3-4x faster at 15M-42M parameters), and later runs use it by themselves", file=sys.stderr)
+        print(
+            "note: decoding eagerly; --compile=True builds this checkpoint's compiled decode step once "
+            "(30-60 s; 3-4x faster at 15M-42M parameters), and later runs use it by themselves",
+            file=sys.stderr,
+        )
     return step
 
 
@@ -214,6 +229,7 @@ def static_step(model, **compile_options):
         for t in (t for kv in cache for t in kv):
             torch._dynamo.mark_static_address(t)
         return compiled(idx, cache=cache, pos=torch.tensor(pos, device=idx.device))
+
     return step
 
 
@@ -240,8 +256,17 @@ def _compile_error(error):
 
 def _package_path(model, batch_size):
     """The cached package's file: named by a hash of all that the compiled code depends on."""
-    key = hashlib.sha256(repr((torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
-                               model.config, batch_size)).encode())
+    key = hashlib.sha256(
+        repr(
+            (
+                torch.__version__,
+                torch.backends.cpu.get_cpu_capability(),
+                torch.get_num_threads(),
+                model.config,
+                batch_size,
+            )
+        ).encode()
+    )
     for source in (__file__, sys.modules[type(model).__module__].__file__):  # this code and the model's
         with open(source, "rb") as f:
             key.update(f.read())
@@ -254,22 +279,34 @@ def _package_path(model, batch_size):
 def _package_dir():
     """decode/ in inductor's own cache directory (its rule, without importing inductor: 1.2 s), so clearing one
     clears both."""
-    cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(),
-                                                                         f"torchinductor_{getpass.getuser()}")
+    cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"
+    )
     return os.path.join(cache_dir, "decode")
 
 
 def _build_package(model, batch_size, path):
     idx, length = torch.zeros(batch_size, 1, dtype=torch.long), torch.empty(min(8, model.config.max_seq_len))
     cache = [t for kv in new_cache(model, batch_size) for t in kv]
-    dynamic = (None, {0: torch.export.Dim("length", min=2, max=model.config.max_seq_len)}, (None,) * len(cache))
+    dynamic = (
+        None,
+        {0: torch.export.Dim("length", min=2, max=model.config.max_seq_len)},
+        (None,) * len(cache),
+    )
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path[:-len('.pt2')]}.{os.getpid()}.tmp.pt2"
+    tmp = f"{path[: -len('.pt2')]}.{os.getpid()}.tmp.pt2"
     try:
         with torch.no_grad():
             program = torch.export.export(_DecodeStep(model), (idx, length, *cache), dynamic_shapes=dynamic)
-            torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs={
-                "max_autotune": True, "max_autotune_gemm_backends": "CPP", "freezing": True})
+            torch._inductor.aoti_compile_and_package(
+                program,
+                package_path=tmp,
+                inductor_configs={
+                    "max_autotune": True,
+                    "max_autotune_gemm_backends": "CPP",
+                    "freezing": True,
+                },
+            )
         os.replace(tmp, path)  # whole or not at all: another process may be loading it
     except Exception as e:  # a missing compiler, an unsupported op: the reason, in one line
         raise _compile_error(e) from e
@@ -284,13 +321,22 @@ def new_cache(model, batch_size):
     The slot past the context is never written; it keeps a filled part of the cache from ever being all of
     it, a case the compiled step's dynamic length would otherwise have to treat apart.
     """
-    cfg, weight = model.config, model.embed_tokens.weight  # the model's dtype, whatever its matrices are stored in
+    cfg, weight = (
+        model.config,
+        model.embed_tokens.weight,
+    )  # the model's dtype, whatever its matrices are stored in
     shape = (batch_size, cfg.n_kv_heads, cfg.max_seq_len + 1, cfg.head_dim)
-    return [(torch.zeros(shape, dtype=weight.dtype, device=weight.device),
-             torch.zeros(shape, dtype=weight.dtype, device=weight.device)) for _ in range(cfg.n_layers)]
+    return [
+        (
+            torch.zeros(shape, dtype=weight.dtype, device=weight.device),
+            torch.zeros(shape, dtype=weight.dtype, device=weight.device),
+        )
+        for _ in range(cfg.n_layers)
+    ]
 
 
 # ----------------------------------------------------------------------------- sampling filters
+
 
 def apply_repetition_penalty(logits, seen, penalty):
     """HF semantics: seen tokens' positive logits are divided by penalty, negative ones multiplied."""
@@ -345,10 +391,21 @@ def sample_token(logits, seen, generators, temperature, top_k, top_p, repetition
 
 # ----------------------------------------------------------------------------- stream and generate
 
+
 @torch.no_grad()
-def stream(model, idx, max_new_tokens, temperature=DEFAULTS["temperature"], top_k=DEFAULTS["top_k"],
-           top_p=DEFAULTS["top_p"], repetition_penalty=DEFAULTS["repetition_penalty"], eos_id=None, seed=0,
-           use_cache=True, step=None):
+def stream(
+    model,
+    idx,
+    max_new_tokens,
+    temperature=DEFAULTS["temperature"],
+    top_k=DEFAULTS["top_k"],
+    top_p=DEFAULTS["top_p"],
+    repetition_penalty=DEFAULTS["repetition_penalty"],
+    eos_id=None,
+    seed=0,
+    use_cache=True,
+    step=None,
+):
     """Yields the next token of each sequence of idx (B, T), shape (B, 1), one step at a time.
 
     A prefill of the prompt into the static KV cache, then one-token decode steps. Row i samples with a
@@ -390,7 +447,7 @@ def stream(model, idx, max_new_tokens, temperature=DEFAULTS["temperature"], top_
             return
         context = torch.cat((context, token), dim=1)
         if context.shape[1] > window:  # no room: restart from the last half of the context
-            context, cached = context[:, -(window // 2):], 0
+            context, cached = context[:, -(window // 2) :], 0
 
 
 def generate(model, idx, max_new_tokens, **settings):

@@ -5,6 +5,7 @@ and merges.txt, or a byte-level BPE tokenizer.json that encodes exactly as our t
 transformers loads it with no code of ours, and writing it needs only safetensors. load_hf() reads such a
 directory (or any local HF Llama) into our model, refusing what it cannot represent with one line.
 """
+
 import json
 import os
 import shutil
@@ -15,8 +16,15 @@ import tokenizer
 from generate import DEFAULTS
 from model import Llama, ModelConfig
 
-EXPORT_FILES = {"config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json",
-                "vocab.json", "merges.txt", "tokenizer.json"}
+EXPORT_FILES = {
+    "config.json",
+    "model.safetensors",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+}
 
 
 class HFError(ValueError):
@@ -24,6 +32,7 @@ class HFError(ValueError):
 
 
 # ----------------------------------------------------------------------------- weights
+
 
 def to_hf_weights(state_dict, cfg):
     """Our state dict in HF Llama's names: fused q/k/v and gate/up split, "model." prefixes, a tied head once."""
@@ -59,9 +68,12 @@ def from_hf_weights(weights):
 
 # ----------------------------------------------------------------------------- tokenizer files
 
+
 def bytes_to_unicode():
     """GPT-2's byte -> printable character table that byte-level BPE files are written in."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -85,7 +97,7 @@ def bpe_merges(ranks):
         parts = [bytes([b]) for b in token]
         while len(parts) > 2:
             best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], float("inf")))
-            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+            parts[best : best + 2] = [parts[best] + parts[best + 1]]
         merges.append(f"{to_hf_string(parts[0])} {to_hf_string(parts[1])}")
     return merges
 
@@ -94,15 +106,38 @@ def bpe_tokenizer_json(ranks):
     """A tokenizers tokenizer.json: GPT-2's byte-level pre-tokenization, our ranks as ids, <|endoftext|> last."""
     eot = len(ranks)
     byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    return {"version": "1.0", "truncation": None, "padding": None,
-            "added_tokens": [{"id": eot, "content": tokenizer.EOT, "single_word": False, "lstrip": False,
-                              "rstrip": False, "normalized": False, "special": True}],
-            "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", **byte_level}, "post_processor": None,
-            "decoder": {"type": "ByteLevel", **byte_level},
-            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": {to_hf_string(t): r for t, r in ranks.items()} | {tokenizer.EOT: eot},
-                      "merges": bpe_merges(ranks)}}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": eot,
+                "content": tokenizer.EOT,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {to_hf_string(t): r for t, r in ranks.items()} | {tokenizer.EOT: eot},
+            "merges": bpe_merges(ranks),
+        },
+    }
 
 
 def read_hf_tokenizer(path):
@@ -111,8 +146,10 @@ def read_hf_tokenizer(path):
     if os.path.isfile(os.path.join(path, "vocab.json")):
         if read_json(os.path.join(path, "vocab.json")) == gpt2_vocab:
             return tokenizer.gpt2_spec()
-        raise HFError(f"{path}/vocab.json is not GPT-2's vocabulary; only GPT-2's or a byte-level BPE tokenizer.json "
-                      "can be imported")
+        raise HFError(
+            f"{path}/vocab.json is not GPT-2's vocabulary; only GPT-2's or a byte-level BPE tokenizer.json "
+            "can be imported"
+        )
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
         raise HFError(f"{path} has no tokenizer (vocab.json + merges.txt, or tokenizer.json)")
     spec = read_json(os.path.join(path, "tokenizer.json"))
@@ -132,27 +169,51 @@ def read_hf_tokenizer(path):
 
 # ----------------------------------------------------------------------------- export
 
+
 def write_export(checkpoint, path):
     """Writes the HF directory for a checkpoint dict (model_args, model, tokenizer) into path, a new directory."""
     from safetensors.torch import save_file
+
     cfg = ModelConfig(**checkpoint["model_args"])
     spec = checkpoint["tokenizer"]
     enc = tokenizer.load_tokenizer(spec)
     os.makedirs(path)
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg.dim,
-              "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.n_layers,
-              "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
-              "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-              "rope_theta": cfg.rope_theta, "rope_scaling": None,
-              "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-              "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu", "attention_bias": False,
-              "mlp_bias": False, "bos_token_id": enc.eot_token, "eos_token_id": enc.eot_token,
-              "torch_dtype": "float32"}
-    save_file(to_hf_weights(checkpoint["model"], cfg), os.path.join(path, "model.safetensors"),
-              metadata={"format": "pt"})
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": enc.eot_token,
+        "eos_token_id": enc.eot_token,
+        "torch_dtype": "float32",
+    }
+    save_file(
+        to_hf_weights(checkpoint["model"], cfg),
+        os.path.join(path, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     generation = {"bos_token_id": enc.eot_token, "eos_token_id": enc.eot_token, "do_sample": True, **DEFAULTS}
-    special = {"bos_token": tokenizer.EOT, "eos_token": tokenizer.EOT, "unk_token": tokenizer.EOT,
-               "model_max_length": cfg.max_seq_len, "add_prefix_space": False}
+    special = {
+        "bos_token": tokenizer.EOT,
+        "eos_token": tokenizer.EOT,
+        "unk_token": tokenizer.EOT,
+        "model_max_length": cfg.max_seq_len,
+        "add_prefix_space": False,
+    }
     files = {"config.json": config, "generation_config.json": generation}
     if tokenizer.spec_kind(spec) == "gpt2":
         vocab_bpe, encoder_json = tokenizer.gpt2_files()
@@ -179,8 +240,10 @@ def export_hf(checkpoint, path):
             raise HFError(f"--hf_dir={path} is a file: give a directory to export into")
         foreign = sorted(set(os.listdir(path)) - EXPORT_FILES)
         if foreign:
-            raise HFError(f"--hf_dir={path} holds files that are not part of an export ({', '.join(foreign[:3])}); "
-                          "give a new or empty directory, or an earlier export to replace")
+            raise HFError(
+                f"--hf_dir={path} holds files that are not part of an export ({', '.join(foreign[:3])}); "
+                "give a new or empty directory, or an earlier export to replace"
+            )
     tmp, old = path + ".export-tmp", path + ".export-old"
     for leftover in (tmp, old):  # from an export that was killed
         shutil.rmtree(leftover, ignore_errors=True)
@@ -196,6 +259,7 @@ def export_hf(checkpoint, path):
 
 # ----------------------------------------------------------------------------- import
 
+
 def read_json(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -206,6 +270,7 @@ def read_json(path):
 
 def read_hf_weights(path):
     from safetensors.torch import load_file
+
     index = os.path.join(path, "model.safetensors.index.json")
     try:
         if os.path.isfile(os.path.join(path, "model.safetensors")):
@@ -236,9 +301,20 @@ def read_hf_config(path):
     if not isinstance(c, dict):
         raise HFError(f"{config_path} is not a model config (a JSON object)")
     if c.get("model_type") != "llama":
-        raise HFError(f"{path} holds a {c.get('model_type')!r} model; only Llama (LlamaForCausalLM) can be imported")
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                           "vocab_size") if not isinstance(c.get(k), int)]
+        raise HFError(
+            f"{path} holds a {c.get('model_type')!r} model; only Llama (LlamaForCausalLM) can be imported"
+        )
+    missing = [
+        k
+        for k in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "vocab_size",
+        )
+        if not isinstance(c.get(k), int)
+    ]
     if missing:
         raise HFError(f"{config_path} lacks {', '.join(missing)} (or has a non-integer value)")
     rope = c.get("rope_parameters") or {}  # transformers 5 keeps rope_theta and the scaling type here
@@ -252,13 +328,18 @@ def read_hf_config(path):
     if c.get("head_dim") not in (None, c["hidden_size"] // c["num_attention_heads"]):
         raise HFError(f"{path} has head_dim={c['head_dim']}, not hidden_size / num_attention_heads")
     try:
-        return ModelConfig(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
-                           n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
-                           vocab_size=c["vocab_size"], hidden_dim=c["intermediate_size"],
-                           norm_eps=c.get("rms_norm_eps", 1e-6),
-                           rope_theta=c.get("rope_theta") or rope.get("rope_theta", 10000.0),
-                           max_seq_len=c.get("max_position_embeddings", 2048),
-                           tie_embeddings=c.get("tie_word_embeddings", False))
+        return ModelConfig(
+            dim=c["hidden_size"],
+            n_layers=c["num_hidden_layers"],
+            n_heads=c["num_attention_heads"],
+            n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
+            vocab_size=c["vocab_size"],
+            hidden_dim=c["intermediate_size"],
+            norm_eps=c.get("rms_norm_eps", 1e-6),
+            rope_theta=c.get("rope_theta") or rope.get("rope_theta", 10000.0),
+            max_seq_len=c.get("max_position_embeddings", 2048),
+            tie_embeddings=c.get("tie_word_embeddings", False),
+        )
     except ValueError as e:
         raise HFError(f"{config_path}: {e}")
 

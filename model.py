@@ -5,6 +5,7 @@ made by generate.py) and the position of its first token. Names follow Hugging F
 q/k/v and gate/up fused into one matrix each (as nanoGPT and gpt-fast do: one product instead of three);
 hf.py splits them on export. RoPE uses HF's "rotate half" convention.
 """
+
 import math
 import os
 import sys
@@ -39,10 +40,14 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"dim={self.dim} must divide by n_heads={self.n_heads}, "
-                             f"and n_heads by n_kv_heads={self.n_kv_heads}")
+            raise ValueError(
+                f"dim={self.dim} must divide by n_heads={self.n_heads}, "
+                f"and n_heads by n_kv_heads={self.n_kv_heads}"
+            )
         if (self.dim // self.n_heads) % 2:
-            raise ValueError(f"the head size dim / n_heads = {self.dim // self.n_heads} must be even for RoPE")
+            raise ValueError(
+                f"the head size dim / n_heads = {self.dim // self.n_heads} must be even for RoPE"
+            )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if self.attn_backend not in ATTENTION_BACKENDS and self.attn_backend != "auto":
@@ -55,6 +60,7 @@ class ModelConfig:
 
 # ----------------------------------------------------------------------------- attention backends
 # All take and return (batch, time, heads, head_dim), the flash-attn layout; k and v may have fewer heads.
+
 
 def _fa4(q, k, v):
     if not _fa4_registered:  # done eagerly, by the backend's probe, before torch.compile traces this
@@ -74,6 +80,7 @@ def _register_fa4():
     @torch.library.custom_op("llama::fa4", mutates_args=())
     def fa4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from flash_attn.cute.interface import _flash_attn_fwd
+
         out, lse = _flash_attn_fwd(q, k, v, causal=True, return_lse=True)[:2]
         return out.contiguous(), lse.contiguous()  # the layouts the fake below promises the compiler
 
@@ -82,9 +89,16 @@ def _register_fa4():
         return torch.empty_like(q), q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32)
 
     @torch.library.custom_op("llama::fa4_backward", mutates_args=())
-    def fa4_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, dout: torch.Tensor,
-                     lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def fa4_backward(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        out: torch.Tensor,
+        dout: torch.Tensor,
+        lse: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from flash_attn.cute.interface import _flash_attn_bwd
+
         dq, dk, dv = _flash_attn_bwd(q, k, v, out, dout, lse, causal=True)[:3]
         return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
@@ -106,12 +120,18 @@ def _register_fa4():
 
 def _fa2(q, k, v):
     from flash_attn import flash_attn_func
+
     return flash_attn_func(q, k, v, causal=True)
 
 
 def _sdpa(q, k, v):
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         is_causal=True, enable_gqa=k.shape[2] != q.shape[2])
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        is_causal=True,
+        enable_gqa=k.shape[2] != q.shape[2],
+    )
     return out.transpose(1, 2)
 
 
@@ -168,7 +188,7 @@ def pick_attention_backend(config, device, dtype):
     """Chooses (and logs) the kernel for this device and dtype now, eagerly: called before torch.compile,
     the compiled graph then holds the chosen kernel and no graph break. Raises BackendError."""
     probe = torch.zeros(1, 8, config.n_heads, config.head_dim, device=device, dtype=dtype)
-    kv = probe[:, :, :config.n_kv_heads]
+    kv = probe[:, :, : config.n_kv_heads]
     causal_attention(probe, kv, kv, config.attn_backend)
     return _chosen[(_requested(config.attn_backend), probe.device.type, dtype)]
 
@@ -181,15 +201,21 @@ def _choose_backend(backend, q, k, v):
         except (ImportError, RuntimeError, TypeError, ValueError, NotImplementedError) as e:
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}" if str(e) else type(e).__name__
             if name == candidates[-1]:  # an explicit choice, or SDPA itself, failed: nothing left to try
-                raise BackendError(f"attention backend {name} cannot run on {q.device.type} "
-                                   f"{str(q.dtype).replace('torch.', '')} ({reason}); use --attn_backend=auto")
+                raise BackendError(
+                    f"attention backend {name} cannot run on {q.device.type} "
+                    f"{str(q.dtype).replace('torch.', '')} ({reason}); use --attn_backend=auto"
+                )
             print(f"attention: {name} unavailable ({reason})", file=sys.stderr)
             continue
-        print(f"attention backend: {name} ({q.device.type}, {str(q.dtype).replace('torch.', '')})", file=sys.stderr)
+        print(
+            f"attention backend: {name} ({q.device.type}, {str(q.dtype).replace('torch.', '')})",
+            file=sys.stderr,
+        )
         return name
 
 
 # ----------------------------------------------------------------------------- blocks
+
 
 def rope_tables(head_dim, max_seq_len, theta):
     """cos and sin of shape (max_seq_len, head_dim), halves repeated: HF Llama's rotate-half layout."""
@@ -226,8 +252,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, positions=None, visible=None):
         B, T, _ = x.shape
-        q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
-                                          self.n_kv_heads * self.head_dim], dim=-1)
+        q, k, v = self.qkv_proj(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim],
+            dim=-1,
+        )
         q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
@@ -251,12 +279,17 @@ def cached_attention(q, cache_k, cache_v, positions):
     q = q.transpose(1, 2)
     seen = torch.arange(cache_k.shape[2], device=q.device) <= positions[:, None]  # (T, S)
     if q.shape[2] == 1 and torch.compiler.is_compiling():
-        if cache_k.shape[1] != q.shape[1]:  # grouped-query attention: a key head serves a group of query heads
-            cache_k, cache_v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (cache_k, cache_v))
+        if (
+            cache_k.shape[1] != q.shape[1]
+        ):  # grouped-query attention: a key head serves a group of query heads
+            cache_k, cache_v = (
+                x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (cache_k, cache_v)
+            )
         scores = q @ cache_k.transpose(-2, -1) * q.shape[-1] ** -0.5
         return (scores.masked_fill(~seen, float("-inf")).softmax(-1) @ cache_v).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=seen,
-                                         enable_gqa=cache_k.shape[1] != q.shape[1])
+    out = F.scaled_dot_product_attention(
+        q, cache_k, cache_v, attn_mask=seen, enable_gqa=cache_k.shape[1] != q.shape[1]
+    )
     return out.transpose(1, 2)
 
 
@@ -329,7 +362,11 @@ class Llama(nn.Module):
         if isinstance(pos, torch.Tensor):  # a position known only when the graph runs: gather its rows
             cos, sin, visible = self.rope_cos[positions, None, :], self.rope_sin[positions, None, :], None
         else:  # a slice, so that training graphs hold no gather (an indirect load in RoPE's fused kernels)
-            cos, sin, visible = self.rope_cos[pos:pos + T, None, :], self.rope_sin[pos:pos + T, None, :], pos + T
+            cos, sin, visible = (
+                self.rope_cos[pos : pos + T, None, :],
+                self.rope_sin[pos : pos + T, None, :],
+                pos + T,
+            )
         h = self.dropout(self.embed_tokens(idx))
         for layer, layer_cache in zip(self.layers, cache or [None] * len(self.layers)):
             h = layer(h, cos, sin, layer_cache, positions, visible)
@@ -352,7 +389,7 @@ class Llama(nn.Module):
 
 # ----------------------------------------------------------------------------- loss
 
-LOSS_CHUNK_ELEMENTS = 2 ** 26  # logits alive at once: 256 MB in fp32 (1335 rows of GPT-2's 50257), not B*T rows
+LOSS_CHUNK_ELEMENTS = 2**26  # logits alive at once: 256 MB in fp32 (1335 rows of GPT-2's 50257), not B*T rows
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -374,7 +411,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
         chunk = max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0])
         for start in range(0, h.shape[0], chunk):
-            rows, target, keep = h[start:start + chunk], targets[start:start + chunk], valid[start:start + chunk]
+            rows, target, keep = (
+                h[start : start + chunk],
+                targets[start : start + chunk],
+                valid[start : start + chunk],
+            )
             logits = (rows @ weight.t().to(rows.dtype)).float()
             logsumexp = logits.logsumexp(-1)
             target_logit = logits.gather(1, target.clamp(min=0)[:, None])[:, 0]
@@ -384,7 +425,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs[torch.arange(len(rows), device=h.device), target.clamp(min=0)] -= 1
                 probs *= keep[:, None]
                 probs = probs.to(rows.dtype)
-                grad_h[start:start + chunk] = probs @ weight.to(rows.dtype)
+                grad_h[start : start + chunk] = probs @ weight.to(rows.dtype)
                 grad_w += (probs.t() @ rows).float()
         if need_grad:
             ctx.save_for_backward(grad_h, grad_w, count)

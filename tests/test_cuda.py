@@ -1,13 +1,14 @@
 """The GPU paths, checked wherever a CUDA device is: skipped on machines without one (such as CI)."""
+
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 import model as M
-from conftest import ROOT
 from generate import new_cache
 from model import Llama, ModelConfig
 
@@ -61,8 +62,10 @@ def test_every_installed_attention_backend_agrees_with_the_math_reference(dtype,
 @pytest.mark.parametrize("kv_heads", [8, 2])
 def test_every_installed_attention_backend_has_the_gradients_of_the_math_reference(kv_heads):
     q = torch.randn(2, 128, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    k, v = (torch.randn(2, 128, kv_heads, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-            for _ in range(2))
+    k, v = (
+        torch.randn(2, 128, kv_heads, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(2)
+    )
     dout = torch.randn_like(q)
     reference = torch.autograd.grad(M._math(q.float(), k.float(), v.float()), (q, k, v), dout.float())
     ran = []
@@ -95,8 +98,8 @@ def test_cached_generation_in_bf16_equals_the_full_forward():
         full = model.lm_head(model.hidden(idx)).float()
         cache, pos = new_cache(model, 2), 0
         for size in (16, 1, 1, 7, 15):
-            step = model.lm_head(model.hidden(idx[:, pos:pos + size], cache, pos)).float()
-            torch.testing.assert_close(step, full[:, pos:pos + size], rtol=5e-2, atol=5e-2)
+            step = model.lm_head(model.hidden(idx[:, pos : pos + size], cache, pos)).float()
+            torch.testing.assert_close(step, full[:, pos : pos + size], rtol=5e-2, atol=5e-2)
             pos += size
 
 
@@ -121,14 +124,36 @@ def test_a_training_step_never_waits_for_the_gpu():
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
-TINY = ["--dim=64", "--n_layers=2", "--n_heads=4", "--block_size=32", "--batch_size=4", "--eval_iters=2",
-        "--log_interval=1", "--max_iters=6", "--eval_interval=3", "--dtype=float32"]
+TINY = [
+    "--dim=64",
+    "--n_layers=2",
+    "--n_heads=4",
+    "--block_size=32",
+    "--batch_size=4",
+    "--eval_iters=2",
+    "--log_interval=1",
+    "--max_iters=6",
+    "--eval_interval=3",
+    "--dtype=float32",
+]
 
 
 def test_train_py_runs_on_the_gpu_with_compile(data_dir, tmp_path):
-    result = subprocess.run([sys.executable, "train.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path}", *TINY,
-                             "--compile=True", "--dtype=bfloat16"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"--data_dir={data_dir}",
+            f"--out_dir={tmp_path}",
+            *TINY,
+            "--compile=True",
+            "--dtype=bfloat16",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "iter 6: val loss" in result.stdout
 
@@ -136,12 +161,31 @@ def test_train_py_runs_on_the_gpu_with_compile(data_dir, tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_ddp_over_nccl_equals_gradient_accumulation(data_dir, tmp_path):
     common = [f"--data_dir={data_dir}", *TINY, "--gradient_accumulation_steps=4", "--compile=False"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "tests/ddp_worker.py", *common, f"--out_dir={tmp_path / 'two'}"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "tests/ddp_worker.py",
+            *common,
+            f"--out_dir={tmp_path / 'two'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr
-    one = subprocess.run([sys.executable, "tests/ddp_worker.py", *common, f"--out_dir={tmp_path / 'one'}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    one = subprocess.run(
+        [sys.executable, "tests/ddp_worker.py", *common, f"--out_dir={tmp_path / 'one'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
     assert one.returncode == 0, one.stderr
     rank0, single = (torch.load(tmp_path / d / "rank0.pt") for d in ("two", "one"))
     for k in single:
@@ -150,6 +194,7 @@ def test_ddp_over_nccl_equals_gradient_accumulation(data_dir, tmp_path):
 
 def test_decoding_under_cuda_graphs_gives_the_eager_tokens():
     from generate import compile_for_decoding, generate
+
     model = tiny().eval()
     idx = batch(model, B=2, T=8)
     greedy = dict(temperature=0, repetition_penalty=1.0)

@@ -8,7 +8,6 @@ import tokenizer
 from generate import compile_for_decoding, generate, new_cache, prepare_for_decoding
 from model import Llama, ModelConfig
 
-
 GREEDY = dict(temperature=0, repetition_penalty=1.0)  # the model's own argmax at every step
 
 
@@ -64,13 +63,13 @@ def test_an_int8_matrix_is_its_rows_rounded_to_127_steps_of_their_largest_magnit
     x = torch.randn(3, 5, 40)
     # the product of the bf16-rounded input with the dequantized matrix, rounded to bf16 at the end
     expected = (x.bfloat16().float() @ (q * scale).t()).bfloat16().float()
-    torch.testing.assert_close(low(x), expected, rtol=2 ** -7, atol=1e-5)
+    torch.testing.assert_close(low(x), expected, rtol=2**-7, atol=1e-5)
 
 
 def test_a_bf16_matrix_gives_autocasts_product():
     weight, x = torch.randn(6, 40), torch.randn(3, 40)
     expected = (x.bfloat16().float() @ weight.bfloat16().float().t()).bfloat16().float()
-    torch.testing.assert_close(G.BF16Linear(weight)(x), expected, rtol=2 ** -7, atol=1e-5)
+    torch.testing.assert_close(G.BF16Linear(weight)(x), expected, rtol=2**-7, atol=1e-5)
 
 
 @pytest.mark.parametrize("quantize", ["bf16", "int8"])
@@ -89,10 +88,13 @@ def test_quantized_decoding_stays_close_to_fp32(quantize):
     assert (low_logits.argmax(-1) == logits.argmax(-1)).float().mean() > 0.9
 
 
-@pytest.mark.parametrize("quantize, device, message", [
-    ("int4", "cpu", "--quantize='int4': use bf16, int8"),
-    ("int8", "cuda", "--quantize=int8 is for decoding on the CPU"),
-])
+@pytest.mark.parametrize(
+    "quantize, device, message",
+    [
+        ("int4", "cpu", "--quantize='int4': use bf16, int8"),
+        ("int8", "cuda", "--quantize=int8 is for decoding on the CPU"),
+    ],
+)
 def test_quantize_choices_are_checked(quantize, device, message):
     with pytest.raises(ValueError, match=message):
         G.check_quantize(quantize, device)
@@ -143,7 +145,9 @@ def test_sampling_only_draws_tokens_the_filters_keep():
     for _ in range(50):
         token = G.sample_token(logits, seen, generators, 1.0, 3, 1.0, 1.0)
         assert (allowed == token).any(dim=1).all()
-    assert torch.equal(G.sample_token(logits, seen, generators, 0, 0, 1.0, 1.0), logits.argmax(-1, keepdim=True))
+    assert torch.equal(
+        G.sample_token(logits, seen, generators, 0, 0, 1.0, 1.0), logits.argmax(-1, keepdim=True)
+    )
 
 
 def test_the_seed_decides_the_sample_and_the_global_rng_does_not():
@@ -163,7 +167,7 @@ def test_each_row_of_a_batch_gets_the_text_it_would_get_alone_with_its_seed():
     settings = dict(temperature=1.0, top_k=0, top_p=0.95, repetition_penalty=1.1)
     batch = generate(model, prompt.repeat(4, 1), 40, seed=10, **settings)
     for i in range(4):
-        assert torch.equal(batch[i:i + 1], generate(model, prompt, 40, seed=10 + i, **settings))
+        assert torch.equal(batch[i : i + 1], generate(model, prompt, 40, seed=10 + i, **settings))
 
 
 def test_each_sequence_stops_at_end_of_text():
@@ -192,11 +196,18 @@ def test_the_cache_holds_every_layers_keys_and_values_for_the_whole_context():
     assert len(cache) == 2 and all(k.shape == v.shape == (3, 2, 33, 16) for k, v in cache)
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(temperature=-0.5), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_p=0), "top_p"),
-    (dict(top_p=1.5), "top_p"), (dict(repetition_penalty=1e-30), "repetition_penalty"),
-    (dict(repetition_penalty=0), "repetition_penalty"), (dict(max_new_tokens=0), "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(temperature=-0.5), "temperature"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_p=0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(repetition_penalty=1e-30), "repetition_penalty"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+    ],
+)
 def test_settings_out_of_range_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
         G.check_settings(**{**G.DEFAULTS, **settings})
@@ -226,8 +237,9 @@ def test_the_static_step_gpus_capture_gives_the_eager_tokens_from_one_graph(batc
         assert torch.equal(generate(model, idx, 40, step=step, **GREEDY), eager)
 
 
-def test_a_cached_decode_step_that_cannot_be_loaded_is_named_and_sampling_goes_on_eagerly(tmp_path, monkeypatch,
-                                                                                           capsys):
+def test_a_cached_decode_step_that_cannot_be_loaded_is_named_and_sampling_goes_on_eagerly(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     model = prepare_for_decoding(tiny())
     path = G._package_path(model, 1)
@@ -249,7 +261,9 @@ def test_the_compiled_decode_step_gives_the_eager_text_and_is_built_once_per_wei
     idx = torch.randint(0, 97, (2, 6))
     sampled = dict(temperature=1.0, top_k=0, top_p=0.9, repetition_penalty=1.1, seed=3)
     for settings in (GREEDY, sampled):  # 70 tokens: the 32-token window restarts (an eager prefill) twice
-        assert torch.equal(generate(model, idx, 70, step=step, **settings), generate(model, idx, 70, **settings))
+        assert torch.equal(
+            generate(model, idx, 70, step=step, **settings), generate(model, idx, 70, **settings)
+        )
     assert compile_for_decoding(model, 2, build=False) is not None  # cached: later runs load it
     assert compile_for_decoding(model, 1, build=False) is None  # another batch size is another build
     other = prepare_for_decoding(tiny())
@@ -263,8 +277,10 @@ def test_the_compiled_int8_step_gives_the_eager_int8_text(tmp_path, monkeypatch)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     model = prepare_for_decoding(tiny(vocab_size=500), "int8")
     idx = torch.randint(0, 500, (2, 6))  # two rows: the kernel's blocks over rows, not one row alone
-    assert torch.equal(generate(model, idx, 40, step=compile_for_decoding(model, 2), **GREEDY),
-                       generate(model, idx, 40, **GREEDY))
+    assert torch.equal(
+        generate(model, idx, 40, step=compile_for_decoding(model, 2), **GREEDY),
+        generate(model, idx, 40, **GREEDY),
+    )
 
 
 def test_a_prompt_is_preceded_by_end_of_text_and_cropped_to_leave_room_for_a_token():
@@ -274,4 +290,3 @@ def test_a_prompt_is_preceded_by_end_of_text_and_cropped_to_leave_room_for_a_tok
     long = " ".join(["word"] * 40)
     ids, warning = G.encode_prompt(enc, long, 32)
     assert ids == ([enc.eot_token] + enc.encode_ordinary(long))[-31:] and "kept its last 31" in warning
-

@@ -3,11 +3,12 @@ import os
 
 import pytest
 import torch
+from conftest import assert_clean_error, make_stories, run_in_process
 
 import tokenizer
-from conftest import assert_clean_error, make_stories, run_in_process
 from generate import generate
-from hf import HFError, export_hf as export, load_hf
+from hf import HFError, load_hf
+from hf import export_hf as export
 from model import Llama, ModelConfig
 
 transformers = pytest.importorskip("transformers")
@@ -16,10 +17,20 @@ transformers = pytest.importorskip("transformers")
 def checkpoint_for(spec, vocab_size, **shape):
     """A checkpoint dict as train.py writes it, for a small random model."""
     torch.manual_seed(0)
-    cfg = ModelConfig(**{"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": vocab_size,
-                         "max_seq_len": 64, **shape})
+    cfg = ModelConfig(
+        **{
+            "dim": 32,
+            "n_layers": 2,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "vocab_size": vocab_size,
+            "max_seq_len": 64,
+            **shape,
+        }
+    )
     model = Llama(cfg)
     from dataclasses import asdict
+
     return {"model_args": asdict(cfg), "model": model.state_dict(), "tokenizer": spec}, model.eval()
 
 
@@ -41,13 +52,24 @@ def test_exported_model_gives_our_logits_and_greedy_tokens_in_transformers(tmp_p
     idx = torch.randint(0, 350, (2, 20))
     with torch.no_grad():
         torch.testing.assert_close(theirs(idx).logits, all_logits(ours, idx), rtol=0, atol=1e-4)
-        hf_greedy = theirs.generate(idx[:1], max_new_tokens=15, do_sample=False, repetition_penalty=1.0,
-                                    min_new_tokens=15, eos_token_id=None, pad_token_id=349)
+        hf_greedy = theirs.generate(
+            idx[:1],
+            max_new_tokens=15,
+            do_sample=False,
+            repetition_penalty=1.0,
+            min_new_tokens=15,
+            eos_token_id=None,
+            pad_token_id=349,
+        )
     assert torch.equal(hf_greedy, generate(ours, idx[:1], 15, temperature=0, repetition_penalty=1.0))
     config = json.load(open(tmp_path / "config.json"))
     assert config["tie_word_embeddings"] is tied and config["num_key_value_heads"] == 2
     generation = json.load(open(tmp_path / "generation_config.json"))
-    assert (generation["temperature"], generation["top_p"], generation["repetition_penalty"]) == (0.7, 0.9, 1.1)
+    assert (generation["temperature"], generation["top_p"], generation["repetition_penalty"]) == (
+        0.7,
+        0.9,
+        1.1,
+    )
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "bpe"])
@@ -65,28 +87,49 @@ def test_auto_tokenizer_ids_equal_tiktokens(tmp_path, bpe_spec, kind):
 def test_sample_py_greedy_equals_transformers_greedy_on_an_exported_model(tmp_path, bpe_spec):
     ckpt, _ = checkpoint_for(bpe_spec, 350, dim=64)
     from checkpoint import save_checkpoint
+
     (tmp_path / "out").mkdir()
     save_checkpoint(ckpt, str(tmp_path / "out" / "ckpt.pt"))
     export(ckpt, str(tmp_path / "hf"))
     enc = tokenizer.load_tokenizer(bpe_spec)
     prompt = [enc.eot_token] + enc.encode_ordinary("Lily and Max")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
-    ids = theirs.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, repetition_penalty=1.0,
-                          pad_token_id=enc.eot_token)[0, len(prompt):].tolist()
+    ids = theirs.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=30,
+        do_sample=False,
+        repetition_penalty=1.0,
+        pad_token_id=enc.eot_token,
+    )[0, len(prompt) :].tolist()
     if enc.eot_token in ids:
-        ids = ids[:ids.index(enc.eot_token)]
+        ids = ids[: ids.index(enc.eot_token)]
     for source in (f"--out_dir={tmp_path / 'out'}", f"--hf_dir={tmp_path / 'hf'}"):
-        result = run_in_process("sample.py", source, "--start=Lily and Max", "--temperature=0",
-                            "--repetition_penalty=1.0", "--max_new_tokens=30")
+        result = run_in_process(
+            "sample.py",
+            source,
+            "--start=Lily and Max",
+            "--temperature=0",
+            "--repetition_penalty=1.0",
+            "--max_new_tokens=30",
+        )
         assert result.stdout == "Lily and Max" + enc.decode(ids) + "\n", result.stderr
 
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_a_transformers_llama_imports_with_the_same_logits(tmp_path, tied):
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=80, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      rms_norm_eps=1e-5, rope_theta=500.0, tie_word_embeddings=tied)
+    config = transformers.LlamaConfig(
+        vocab_size=50257,
+        hidden_size=32,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500.0,
+        tie_word_embeddings=tied,
+    )
     theirs = transformers.LlamaForCausalLM(config).eval()
     theirs.save_pretrained(str(tmp_path))
     for name in ("vocab.json", "merges.txt"):  # the seeds ship GPT-2's tokenizer files
@@ -94,7 +137,9 @@ def test_a_transformers_llama_imports_with_the_same_logits(tmp_path, tied):
         (tmp_path / name).write_bytes(open(src, "rb").read())
     ours, spec = load_hf(str(tmp_path))
     assert spec == {"kind": "gpt2"}
-    assert ours.config.tie_embeddings is tied and ours.config.n_kv_heads == 2 and ours.config.rope_theta == 500.0
+    assert (
+        ours.config.tie_embeddings is tied and ours.config.n_kv_heads == 2 and ours.config.rope_theta == 500.0
+    )
     idx = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(all_logits(ours.eval(), idx), theirs(idx).logits, rtol=0, atol=1e-4)
@@ -102,12 +147,17 @@ def test_a_transformers_llama_imports_with_the_same_logits(tmp_path, tied):
 
 def test_export_import_export_gives_identical_weights(tmp_path, bpe_spec):
     from safetensors.torch import load_file
+
     ckpt, _ = checkpoint_for(bpe_spec, 350)
     export(ckpt, str(tmp_path / "a"))
     model, spec = load_hf(str(tmp_path / "a"))
     assert spec == bpe_spec
     from dataclasses import asdict
-    export({"model_args": asdict(model.config), "model": model.state_dict(), "tokenizer": spec}, str(tmp_path / "b"))
+
+    export(
+        {"model_args": asdict(model.config), "model": model.state_dict(), "tokenizer": spec},
+        str(tmp_path / "b"),
+    )
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.load(open(tmp_path / "a" / "config.json")) == json.load(open(tmp_path / "b" / "config.json"))
@@ -119,12 +169,20 @@ def edit_config(path, **changes):
     json.dump(config, open(path / "config.json", "w"))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no config", "no config.json"), ("not llama", "only Llama"), ("shape mismatch", "do not match config.json"),
-    ("rope scaling", "rope_scaling"), ("biases", "biases"), ("no weights", "no model.safetensors"),
-    ("invalid config", "not valid JSON"), ("config without hidden_size", "lacks hidden_size"),
-    ("pickled weights", "cannot be read safely"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no config", "no config.json"),
+        ("not llama", "only Llama"),
+        ("shape mismatch", "do not match config.json"),
+        ("rope scaling", "rope_scaling"),
+        ("biases", "biases"),
+        ("no weights", "no model.safetensors"),
+        ("invalid config", "not valid JSON"),
+        ("config without hidden_size", "lacks hidden_size"),
+        ("pickled weights", "cannot be read safely"),
+    ],
+)
 def test_what_we_cannot_represent_is_refused_with_one_line(tmp_path, bpe_spec, case, message):
     export(checkpoint_for(bpe_spec, 350)[0], str(tmp_path))
     if case == "no config":
@@ -154,7 +212,9 @@ def test_what_we_cannot_represent_is_refused_with_one_line(tmp_path, bpe_spec, c
 
 
 def test_export_needs_a_checkpoint(tmp_path):
-    assert_clean_error(run_in_process("export.py", f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"), "no checkpoint")
+    assert_clean_error(
+        run_in_process("export.py", f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"), "no checkpoint"
+    )
 
 
 def test_exporting_over_an_export_replaces_it_whole(tmp_path, bpe_spec):
@@ -162,13 +222,22 @@ def test_exporting_over_an_export_replaces_it_whole(tmp_path, bpe_spec):
     export(checkpoint_for({"kind": "gpt2"}, gpt2.n_vocab, dim=16, n_heads=2)[0], str(tmp_path / "hf"))
     assert (tmp_path / "hf" / "vocab.json").exists()
     export(checkpoint_for(bpe_spec, 350)[0], str(tmp_path / "hf"))  # now a custom vocabulary
-    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "generation_config.json", "model.safetensors",
-                                                   "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(tmp_path / "hf")) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert load_hf(str(tmp_path / "hf"))[1] == bpe_spec
     hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    assert hf.encode("Lily and Max", add_special_tokens=False) == tokenizer.load_tokenizer(bpe_spec).encode_ordinary("Lily and Max")
+    assert hf.encode("Lily and Max", add_special_tokens=False) == tokenizer.load_tokenizer(
+        bpe_spec
+    ).encode_ordinary("Lily and Max")
     assert sorted(os.listdir(tmp_path)) == ["hf"]  # no temporary directory left behind
-    assert all(os.stat(tmp_path / "hf" / name).st_mode & 0o777 == 0o644 for name in os.listdir(tmp_path / "hf"))
+    assert all(
+        os.stat(tmp_path / "hf" / name).st_mode & 0o777 == 0o644 for name in os.listdir(tmp_path / "hf")
+    )
 
 
 def test_a_directory_that_is_not_an_export_is_never_replaced(tmp_path, bpe_spec):

@@ -45,26 +45,34 @@ def test_forward_without_targets_gives_the_last_positions_logits():
 def test_chunks_fed_through_the_cache_at_any_offset_equal_the_full_forward(n_kv_heads, chunks, position):
     """A tensor position (static shapes: attention over the whole cache, masked) and an int one agree."""
     from generate import new_cache
+
     model = tiny(n_kv_heads=n_kv_heads)
     idx = torch.randint(0, 97, (3, 24))
     full = all_logits(model, idx)
     cache, pos = new_cache(model, 3), 0
     for size in chunks:  # a prefill, one-token steps, and multi-token chunks at later positions
-        torch.testing.assert_close(all_logits(model, idx[:, pos:pos + size], cache, position(pos)),
-                                   full[:, pos:pos + size], rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            all_logits(model, idx[:, pos : pos + size], cache, position(pos)),
+            full[:, pos : pos + size],
+            rtol=0,
+            atol=1e-5,
+        )
         pos += size
 
 
 def test_stale_cache_slots_beyond_the_position_are_never_seen():
     """A cache reused after the window restarts holds old keys past the new position; they are masked."""
     from generate import new_cache
+
     model = tiny()
     idx = torch.randint(0, 97, (1, 12))
     cache = new_cache(model, 1)
     for k, v in cache:
         k.normal_(), v.normal_()
     for pos in (0, torch.tensor(0)):
-        torch.testing.assert_close(all_logits(model, idx, cache, pos), all_logits(model, idx), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            all_logits(model, idx, cache, pos), all_logits(model, idx), rtol=0, atol=1e-5
+        )
 
 
 def test_a_sequence_longer_than_the_context_is_refused():
@@ -79,7 +87,9 @@ def test_grouped_query_attention_with_repeated_kv_heads_equals_multi_head_attent
     for name, w in state.items():
         if name.endswith("qkv_proj.weight"):  # each kv head serves 2 query heads
             q, k, v = w.split([64, 2 * head_dim, 2 * head_dim])
-            k, v = (x.view(2, head_dim, 64).repeat_interleave(2, dim=0).reshape(4 * head_dim, 64) for x in (k, v))
+            k, v = (
+                x.view(2, head_dim, 64).repeat_interleave(2, dim=0).reshape(4 * head_dim, 64) for x in (k, v)
+            )
             state[name] = torch.cat([q, k, v])
     mha.load_state_dict(state)
     idx = torch.randint(0, 97, (2, 16))
@@ -91,9 +101,10 @@ def test_rope_scores_depend_only_on_relative_offset():
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
 
     def score(m, n):
-        rq = M.apply_rope(q, cos[m:m + 1, None], sin[m:m + 1, None])
-        rk = M.apply_rope(k, cos[n:n + 1, None], sin[n:n + 1, None])
+        rq = M.apply_rope(q, cos[m : m + 1, None], sin[m : m + 1, None])
+        rk = M.apply_rope(k, cos[n : n + 1, None], sin[n : n + 1, None])
         return (rq * rk).sum().item()
+
     assert score(5, 2) == pytest.approx(score(40, 37), abs=1e-5)
     assert score(9, 9) == pytest.approx(score(0, 0), abs=1e-5)
     assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
@@ -142,6 +153,7 @@ def test_sdpa_runs_on_cpu_when_no_flash_package_is_installed(capsys, monkeypatch
 def test_a_flash_kernel_that_fails_falls_through_to_sdpa(capsys, monkeypatch):
     def refuses(q, k, v):
         raise RuntimeError("FlashAttention only supports Ampere GPUs or newer")
+
     monkeypatch.setattr(M, "_chosen", {})
     monkeypatch.setattr(M, "_candidates", lambda requested, q: ["fa2", "sdpa"])
     monkeypatch.setitem(M.ATTENTION_BACKENDS, "fa2", refuses)
@@ -161,6 +173,7 @@ def test_an_explicit_backend_that_cannot_run_raises_one_clear_error():
 def fake_flash_attn_4(calls):
     """flash_attn.cute.interface's two kernel entry points in plain torch: the forward gives the log-sum-exp
     of each row's scores, and the backward works from it, as FlashAttention's does."""
+
     def scores(q, k):
         k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
         s = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
@@ -187,7 +200,9 @@ def fake_flash_attn_4(calls):
     return fake
 
 
-def test_fa4_is_one_custom_op_that_compiles_without_breaks_and_differentiates_by_its_backward_kernel(monkeypatch):
+def test_fa4_is_one_custom_op_that_compiles_without_breaks_and_differentiates_by_its_backward_kernel(
+    monkeypatch,
+):
     calls = []
     monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", fake_flash_attn_4(calls))
     monkeypatch.setattr(M, "_chosen", {})
@@ -219,13 +234,25 @@ def count(**shape):
 
 def test_preset_parameter_counts():
     # the seeds' 190M Test-1-3000/4000 shape
-    assert 190.4e6 <= count(dim=768, n_layers=12, n_heads=12, hidden_dim=3072, vocab_size=50257,
-                            max_seq_len=2048) <= 190.6e6
+    assert (
+        190.4e6
+        <= count(dim=768, n_layers=12, n_heads=12, hidden_dim=3072, vocab_size=50257, max_seq_len=2048)
+        <= 190.6e6
+    )
     # llama2.c's 15M: hidden 768 comes from the Llama rule with multiple_of=32
-    assert count(dim=288, n_layers=6, n_heads=6, vocab_size=32000, tie_embeddings=True) == pytest.approx(15.2e6, rel=0.005)
+    assert count(dim=288, n_layers=6, n_heads=6, vocab_size=32000, tie_embeddings=True) == pytest.approx(
+        15.2e6, rel=0.005
+    )
     # seed 003's 24.5M
-    assert count(dim=448, n_layers=7, n_heads=7, hidden_dim=1536, vocab_size=10000, tie_embeddings=True,
-                 max_seq_len=512) == pytest.approx(24.5e6, rel=0.005)
+    assert count(
+        dim=448,
+        n_layers=7,
+        n_heads=7,
+        hidden_dim=1536,
+        vocab_size=10000,
+        tie_embeddings=True,
+        max_seq_len=512,
+    ) == pytest.approx(24.5e6, rel=0.005)
 
 
 def test_hidden_dim_follows_the_llama_rule():
@@ -281,11 +308,17 @@ def test_evaluation_loss_needs_no_gradients():
     assert not loss.requires_grad and loss.item() == pytest.approx(model(idx, idx).item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("shape, message", [
-    (dict(dim=65), "must divide by n_heads"), (dict(n_kv_heads=3), "n_heads by n_kv_heads=3"),
-    (dict(dropout=1.5), "dropout=1.5"), (dict(dim=36, n_heads=4, n_kv_heads=4), "must be even for RoPE"),
-    (dict(n_layers=0), "n_layers=0"), (dict(attn_backend="flash"), "attn_backend='flash'"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        (dict(dim=65), "must divide by n_heads"),
+        (dict(n_kv_heads=3), "n_heads by n_kv_heads=3"),
+        (dict(dropout=1.5), "dropout=1.5"),
+        (dict(dim=36, n_heads=4, n_kv_heads=4), "must be even for RoPE"),
+        (dict(n_layers=0), "n_layers=0"),
+        (dict(attn_backend="flash"), "attn_backend='flash'"),
+    ],
+)
 def test_impossible_shapes_are_refused_with_a_clear_message(shape, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**{"dim": 64, "n_heads": 4, **shape})

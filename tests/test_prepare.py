@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error, run_script, write_txt
 
 import prepare as prepare_module
 import tokenizer
 from configurator import configure
-from conftest import assert_clean_error, run_script, write_txt
 
 
 @pytest.fixture
@@ -22,7 +22,10 @@ def prepare(monkeypatch):
 
 def load(out_dir):
     meta = json.load(open(os.path.join(out_dir, "meta.json")))
-    bins = {split: np.memmap(os.path.join(out_dir, f"{split}.bin"), dtype=np.uint16, mode="r") for split in ("train", "val")}
+    bins = {
+        split: np.memmap(os.path.join(out_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+        for split in ("train", "val")
+    }
     return meta, bins
 
 
@@ -41,8 +44,11 @@ def decode_stories(enc, ids):
 def test_txt_with_val_input_gives_exact_streams(tmp_path, stories, prepare):
     train, val = stories[:150], stories[150:]
     out = tmp_path / "out"
-    prepare(f"--input={write_txt(tmp_path / 'train.txt', train)}", f"--val_input={write_txt(tmp_path / 'val.txt', val)}",
-            f"--out_dir={out}")
+    prepare(
+        f"--input={write_txt(tmp_path / 'train.txt', train)}",
+        f"--val_input={write_txt(tmp_path / 'val.txt', val)}",
+        f"--out_dir={out}",
+    )
     meta, bins = load(out)
     enc = tokenizer.gpt2_encoding()
     for split, texts in (("train", train), ("val", val)):
@@ -75,7 +81,10 @@ def write_format(tmp_path, fmt, stories):
     elif fmt == "json-columns":
         json.dump({"text": stories}, open(path, "w"))
     elif fmt == "json-shard":  # TinyStories_all_data.tar.gz's layout
-        json.dump([{"story": s, "instruction": {}, "summary": "", "source": "GPT-4"} for s in stories], open(path, "w"))
+        json.dump(
+            [{"story": s, "instruction": {}, "summary": "", "source": "GPT-4"} for s in stories],
+            open(path, "w"),
+        )
     elif fmt == "json-lines":
         path.write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
     elif fmt == "jsonl":
@@ -83,6 +92,7 @@ def write_format(tmp_path, fmt, stories):
     elif fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         pq.write_table(pa.table({"text": stories, "n": list(range(len(stories)))}), path)
     return path
 
@@ -92,7 +102,9 @@ def test_every_input_format_gives_the_txt_result(tmp_path, stories, fmt, prepare
     prepare(f"--input={write_txt(tmp_path / 'a.txt', stories)}", f"--out_dir={tmp_path / 'txt'}")
     prepare(f"--input={write_format(tmp_path, fmt, stories)}", f"--out_dir={tmp_path / 'other'}")
     for split in ("train", "val"):
-        assert (tmp_path / "txt" / f"{split}.bin").read_bytes() == (tmp_path / "other" / f"{split}.bin").read_bytes()
+        assert (tmp_path / "txt" / f"{split}.bin").read_bytes() == (
+            tmp_path / "other" / f"{split}.bin"
+        ).read_bytes()
 
 
 def test_several_files_and_globs_are_concatenated_in_order(tmp_path, stories, prepare):
@@ -110,7 +122,11 @@ def test_custom_bpe_vocabulary_is_trained_saved_and_deterministic(tmp_path, stor
     prepare(f"--input={txt}", "--vocab_size=300", f"--out_dir={tmp_path / 'a'}")
     prepare(f"--input={txt}", "--vocab_size=300", f"--out_dir={tmp_path / 'b'}", "--num_proc=1")
     meta, bins = load(tmp_path / "a")
-    assert meta["vocab_size"] == 300 and meta["eot_id"] == 299 and tokenizer.spec_kind(meta["tokenizer"]) == "bpe"
+    assert (
+        meta["vocab_size"] == 300
+        and meta["eot_id"] == 299
+        and tokenizer.spec_kind(meta["tokenizer"]) == "bpe"
+    )
     assert (tmp_path / "a" / "train.bin").read_bytes() == (tmp_path / "b" / "train.bin").read_bytes()
     assert json.load(open(tmp_path / "b" / "meta.json"))["tokenizer"] == meta["tokenizer"]
     enc = tokenizer.load_tokenizer(meta["tokenizer"])
@@ -120,18 +136,25 @@ def test_custom_bpe_vocabulary_is_trained_saved_and_deterministic(tmp_path, stor
 
 def test_download_path_reads_the_hf_train_and_validation_splits(tmp_path, stories, monkeypatch, prepare):
     import datasets
-    splits = {"train": datasets.Dataset.from_dict({"text": stories[:150]}),
-              "validation": datasets.Dataset.from_dict({"text": stories[150:]})}
+
+    splits = {
+        "train": datasets.Dataset.from_dict({"text": stories[:150]}),
+        "validation": datasets.Dataset.from_dict({"text": stories[150:]}),
+    }
     asked = []
 
     def load_dataset(name, split):
         asked.append((name, split))
         return splits[split]
+
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     prepare(f"--out_dir={tmp_path / 'hf'}")
     assert asked == [("roneneldan/TinyStories", "train"), ("roneneldan/TinyStories", "validation")]
-    prepare(f"--input={write_txt(tmp_path / 't.txt', stories[:150])}", f"--val_input={write_txt(tmp_path / 'v.txt', stories[150:])}",
-            f"--out_dir={tmp_path / 'local'}")
+    prepare(
+        f"--input={write_txt(tmp_path / 't.txt', stories[:150])}",
+        f"--val_input={write_txt(tmp_path / 'v.txt', stories[150:])}",
+        f"--out_dir={tmp_path / 'local'}",
+    )
     for name in ("train.bin", "val.bin", "meta.json"):
         assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
 
@@ -166,7 +189,9 @@ def bad_input(tmp_path, case):
         return [f"--input={tmp_path / 'stories.csv'}"], "unsupported extension"
     if case == "not UTF-8":
         (tmp_path / "latin1.txt").write_bytes("Once upon a time\n<|endoftext|>\nA café".encode("latin-1"))
-        return [f"--input={tmp_path / 'latin1.txt'}"], "latin1.txt' is not UTF-8 text (byte 0xe9 at offset 36)"
+        return [
+            f"--input={tmp_path / 'latin1.txt'}"
+        ], "latin1.txt' is not UTF-8 text (byte 0xe9 at offset 36)"
     if case == "json without text":
         json.dump([{"body": "hello"}], open(tmp_path / "x.json", "w"))
         return [f"--input={tmp_path / 'x.json'}"], "no 'text' column"
@@ -175,18 +200,22 @@ def bad_input(tmp_path, case):
         return [f"--input={tmp_path / 'x.json'}"], "no 'text' column of strings"
     if case == "malformed json":
         (tmp_path / "x.json").write_text('[{"text": "a story"},\n {"text": }]')
-        return [f"--input={tmp_path / 'x.json'}"], "x.json' is not valid JSON: Expecting value at line 2 column 11"
+        return [
+            f"--input={tmp_path / 'x.json'}"
+        ], "x.json' is not valid JSON: Expecting value at line 2 column 11"
     if case == "malformed jsonl line":
         (tmp_path / "x.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\n{"text": "three\n')
         return [f"--input={tmp_path / 'x.jsonl'}"], f"'{tmp_path / 'x.jsonl'}' line 4 is not valid JSON"
     if case == "parquet without text":
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         pq.write_table(pa.table({"body": ["hello"]}), tmp_path / "x.parquet")
         return [f"--input={tmp_path / 'x.parquet'}"], "no 'text' column"
     if case == "parquet text not strings":
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "x.parquet")
         return [f"--input={tmp_path / 'x.parquet'}"], "has a 'text' column of int64, not of strings"
     if case == "not parquet":
@@ -209,7 +238,11 @@ def bad_input(tmp_path, case):
         return [good, f"--out_dir={tmp_path / 'file'}"], "is a file, not a directory"
     if case == "out_dir cannot be created":
         (tmp_path / "file").write_text("mine")
-        return [good, f"--out_dir={tmp_path / 'file' / 'data'}"], "cannot create --out_dir=", "Not a directory"
+        return (
+            [good, f"--out_dir={tmp_path / 'file' / 'data'}"],
+            "cannot create --out_dir=",
+            "Not a directory",
+        )
     if case == "unknown key":
         return [good, "--vocab=4096"], "unknown key 'vocab'"
     if case == "vocab_size 256":
@@ -231,13 +264,33 @@ def error_line(capsys, run):
     return lines[-1]
 
 
-@pytest.mark.parametrize("case", ["missing file", "directory", "unsupported extension", "not UTF-8",
-                                  "json without text", "json text not strings", "malformed json",
-                                  "malformed jsonl line", "parquet without text", "parquet text not strings",
-                                  "not parquet", "empty corpus", "empty val split", "val_fraction 0",
-                                  "val_fraction 1.5", "val_fraction 0.9999", "out_dir is a file",
-                                  "out_dir cannot be created", "unknown key", "vocab_size 256", "vocab_size 65536",
-                                  "wrong type"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "directory",
+        "unsupported extension",
+        "not UTF-8",
+        "json without text",
+        "json text not strings",
+        "malformed json",
+        "malformed jsonl line",
+        "parquet without text",
+        "parquet text not strings",
+        "not parquet",
+        "empty corpus",
+        "empty val split",
+        "val_fraction 0",
+        "val_fraction 1.5",
+        "val_fraction 0.9999",
+        "out_dir is a file",
+        "out_dir cannot be created",
+        "unknown key",
+        "vocab_size 256",
+        "vocab_size 65536",
+        "wrong type",
+    ],
+)
 def test_bad_input_fails_with_one_line_and_leaves_good_data(tmp_path, good_out, prepare, capsys, case):
     out, before = good_out
     args, *messages = bad_input(tmp_path, case)
@@ -261,13 +314,21 @@ class FullDisk(io.FileIO):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_a_full_disk_fails_with_one_line_and_leaves_good_data(tmp_path, stories, good_out, prepare, capsys,
-                                                              monkeypatch):
+def test_a_full_disk_fails_with_one_line_and_leaves_good_data(
+    tmp_path, stories, good_out, prepare, capsys, monkeypatch
+):
     out, before = good_out
-    monkeypatch.setattr(prepare_module, "open", lambda path, mode="r", **kwargs:
-                        FullDisk(path, "w") if "w" in mode else open(path, mode, **kwargs), raising=False)
+    monkeypatch.setattr(
+        prepare_module,
+        "open",
+        lambda path, mode="r", **kwargs: FullDisk(path, "w") if "w" in mode else open(path, mode, **kwargs),
+        raising=False,
+    )
     line = error_line(capsys, lambda: prepare(f"--input={tmp_path / 'good.txt'}", f"--out_dir={out}"))
-    assert line == f"error: could not write the dataset to {out}: No space left on device; nothing there was replaced"
+    assert (
+        line
+        == f"error: could not write the dataset to {out}: No space left on device; nothing there was replaced"
+    )
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
@@ -282,6 +343,7 @@ def test_leftovers_of_a_killed_run_are_removed_before_writing(tmp_path, stories,
     def watched_write_splits(spec):
         seen.append(os.listdir(out))
         return write_splits(spec)
+
     monkeypatch.setattr(prepare_module, "write_splits", watched_write_splits)
     prepare(f"--input={write_txt(tmp_path / 'all.txt', stories)}", f"--out_dir={out}")
     assert seen == [[]]
@@ -304,18 +366,24 @@ def test_progress_bars_count_stories_then_bytes(tmp_path, stories, prepare, monk
 
         def __exit__(self, *exc):
             pass
+
     monkeypatch.setattr(prepare_module, "tqdm", Bar)
-    prepare(f"--input={write_txt(tmp_path / 'all.txt', stories)}", "--vocab_size=300", f"--out_dir={tmp_path / 'out'}")
+    prepare(
+        f"--input={write_txt(tmp_path / 'all.txt', stories)}",
+        "--vocab_size=300",
+        f"--out_dir={tmp_path / 'out'}",
+    )
     meta = json.load(open(tmp_path / "out" / "meta.json"))
     assert [(bar.desc, bar.unit, bar.count) for bar in bars] == [
         ("counting pre-tokens", " stories", meta["train"]["stories"]),
-        ("tokenizing", "B", sum(len(story.encode("utf-8")) for story in stories))]
+        ("tokenizing", "B", sum(len(story.encode("utf-8")) for story in stories)),
+    ]
 
 
 def test_the_first_non_utf8_byte_is_found_across_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare_module, "BATCH_BYTES", 4)
     path = tmp_path / "x.txt"
     path.write_bytes("aé🙂".encode() + b"\xff")  # 🙂 starts in the first 4-byte block and ends in the second
-    assert prepare_module.first_non_utf8_byte(path) == (0xff, 7)
+    assert prepare_module.first_non_utf8_byte(path) == (0xFF, 7)
     path.write_bytes("aaa🙂".encode()[:-1])  # cut off inside the last character
-    assert prepare_module.first_non_utf8_byte(path) == (0xf0, 3)
+    assert prepare_module.first_non_utf8_byte(path) == (0xF0, 3)

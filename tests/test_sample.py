@@ -1,19 +1,31 @@
 import pytest
 import torch
+from conftest import assert_clean_error, make_stories, run_in_process, run_script, write_txt
 
 import tokenizer
-from conftest import assert_clean_error, make_stories, run_in_process, run_script, write_txt
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """prepare.py -> train.py through the real command lines: a tiny model on its own 300-id BPE."""
     tmp = tmp_path_factory.mktemp("e2e")
-    prep = run_script("prepare.py", f"--input={write_txt(tmp / 'stories.txt', make_stories(300))}",
-                      "--vocab_size=300", f"--out_dir={tmp / 'data'}")
+    prep = run_script(
+        "prepare.py",
+        f"--input={write_txt(tmp / 'stories.txt', make_stories(300))}",
+        "--vocab_size=300",
+        f"--out_dir={tmp / 'data'}",
+    )
     assert prep.returncode == 0, prep.stderr
-    train = run_script("train.py", "config/train_smoke.py", f"--data_dir={tmp / 'data'}", f"--out_dir={tmp / 'out'}",
-                       "--block_size=64", "--max_iters=40", "--eval_interval=20", "--log_interval=10")
+    train = run_script(
+        "train.py",
+        "config/train_smoke.py",
+        f"--data_dir={tmp / 'data'}",
+        f"--out_dir={tmp / 'out'}",
+        "--block_size=64",
+        "--max_iters=40",
+        "--eval_interval=20",
+        "--log_interval=10",
+    )
     assert train.returncode == 0, train.stderr
     assert "iter 40: val loss" in train.stdout
     return tmp / "out"
@@ -26,8 +38,13 @@ def sample(out_dir, *args):
 
 @pytest.mark.slow
 def test_end_to_end_prepare_train_sample_prints_stories(trained):
-    result = run_script("sample.py", f"--out_dir={trained}", "--max_new_tokens=40", "--start=Once upon a time",
-                        "--num_samples=2")
+    result = run_script(
+        "sample.py",
+        f"--out_dir={trained}",
+        "--max_new_tokens=40",
+        "--start=Once upon a time",
+        "--num_samples=2",
+    )
     assert result.returncode == 0, result.stderr
     stories = result.stdout.split("\n" + "-" * 72 + "\n")
     assert len(stories) == 2
@@ -50,16 +67,23 @@ def test_streaming_prints_the_same_text(trained):
 def test_greedy_output_is_the_models_greedy_generation(trained, quantize):
     from checkpoint import load_checkpoint, model_from_checkpoint
     from generate import generate, prepare_for_decoding
+
     ckpt = load_checkpoint(str(trained / "best.pt"))
     model = prepare_for_decoding(model_from_checkpoint(ckpt), quantize)
     enc = tokenizer.load_tokenizer(ckpt["tokenizer"])
     prompt = [enc.eot_token] + enc.encode_ordinary("Lily and Max")
-    ids = generate(model, torch.tensor([prompt]), 40, temperature=0, repetition_penalty=1.0,
-                   eos_id=enc.eot_token)[0, len(prompt):].tolist()
+    ids = generate(
+        model, torch.tensor([prompt]), 40, temperature=0, repetition_penalty=1.0, eos_id=enc.eot_token
+    )[0, len(prompt) :].tolist()
     if enc.eot_token in ids:
-        ids = ids[:ids.index(enc.eot_token)]
-    result = sample(trained, "--start=Lily and Max", "--temperature=0", "--repetition_penalty=1.0",
-                    f"--quantize={quantize}")
+        ids = ids[: ids.index(enc.eot_token)]
+    result = sample(
+        trained,
+        "--start=Lily and Max",
+        "--temperature=0",
+        "--repetition_penalty=1.0",
+        f"--quantize={quantize}",
+    )
     assert result.stdout == "Lily and Max" + enc.decode(ids) + "\n"
 
 
@@ -78,22 +102,37 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
 
 def test_quantize_is_handed_to_the_decoding_transform(trained, monkeypatch):
     import generate
+
     prepare, seen = generate.prepare_for_decoding, []
-    monkeypatch.setattr(generate, "prepare_for_decoding",
-                        lambda model, quantize="": seen.append(quantize) or prepare(model, quantize))
+    monkeypatch.setattr(
+        generate,
+        "prepare_for_decoding",
+        lambda model, quantize="": seen.append(quantize) or prepare(model, quantize),
+    )
     for quantize in ("bf16", "int8", ""):
         assert sample(trained, f"--quantize={quantize}", "--max_new_tokens=2").returncode == 0
     assert seen == ["bf16", "int8", ""]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--temperature=-0.5"], "temperature=-0.5"), (["--top_p=0"], "top_p=0"), (["--top_p=1.5"], "top_p=1.5"),
-    (["--top_k=-1"], "top_k=-1"), (["--repetition_penalty=0"], "repetition_penalty=0"),
-    (["--start=FILE:/nonexistent/prompt.txt"], "prompt file"), (["--temprature=1"], "unknown key 'temprature'"),
-    (["--repetition_penalty=1e-30"], "repetition_penalty=1e-30"), (["--dtype=float16", "--device=cpu"], "float16"),
-    (["--device=meta"], "--device=meta"), (["--num_samples=0"], "--num_samples"),
-    (["--ckpt=nope.pt"], "no checkpoint"), (["--quantize=int4"], "--quantize='int4'"),
-] + ([] if torch.cuda.is_available() else [(["--device=cuda"], "no CUDA")]))
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--temperature=-0.5"], "temperature=-0.5"),
+        (["--top_p=0"], "top_p=0"),
+        (["--top_p=1.5"], "top_p=1.5"),
+        (["--top_k=-1"], "top_k=-1"),
+        (["--repetition_penalty=0"], "repetition_penalty=0"),
+        (["--start=FILE:/nonexistent/prompt.txt"], "prompt file"),
+        (["--temprature=1"], "unknown key 'temprature'"),
+        (["--repetition_penalty=1e-30"], "repetition_penalty=1e-30"),
+        (["--dtype=float16", "--device=cpu"], "float16"),
+        (["--device=meta"], "--device=meta"),
+        (["--num_samples=0"], "--num_samples"),
+        (["--ckpt=nope.pt"], "no checkpoint"),
+        (["--quantize=int4"], "--quantize='int4'"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device=cuda"], "no CUDA")]),
+)
 def test_bad_options_fail_with_one_line(trained, args, message):
     assert_clean_error(run_in_process("sample.py", f"--out_dir={trained}", *args), message)
 
@@ -111,7 +150,9 @@ def test_only_the_story_goes_to_stdout(trained):
 
 
 def test_several_samples_decode_as_one_batch_and_each_is_its_seeds_text(trained):
-    batch = sample(trained, "--num_samples=3", "--seed=5", "--temperature=1.0").stdout.split("\n" + "-" * 72 + "\n")
+    batch = sample(trained, "--num_samples=3", "--seed=5", "--temperature=1.0").stdout.split(
+        "\n" + "-" * 72 + "\n"
+    )
     assert len(batch) == 3 and len(set(batch)) == 3
     for i, text in enumerate(batch):
         alone = sample(trained, f"--seed={5 + i}", "--temperature=1.0").stdout
@@ -123,6 +164,7 @@ def fake_compiled_step(monkeypatch):
     """compile_for_decoding replaced by a recorder (the real build is tested in test_generate.py): the
     build flag of each call, and how many decode steps ran through the step it returned."""
     import generate
+
     calls = {"builds": [], "steps": 0}
     built = set()
 
@@ -136,7 +178,9 @@ def fake_compiled_step(monkeypatch):
         def step(idx, cache, pos):
             calls["steps"] += 1
             return model(idx, cache=cache, pos=pos)
+
         return step
+
     monkeypatch.setattr(generate, "compile_for_decoding", compile_for_decoding)
     return calls
 

@@ -1,5 +1,6 @@
 """serve.py: the page, /health, /generate's events, OpenAI's API through its own client, concurrency,
 hang-ups and bad requests, all against one server on a tiny model; and a headless Chromium on the page."""
+
 import http.client
 import json
 import shutil
@@ -12,10 +13,10 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from conftest import ROOT, assert_clean_error, run_in_process
 
 import tokenizer
 from checkpoint import save_checkpoint
-from conftest import ROOT, assert_clean_error, run_in_process
 from model import Llama, ModelConfig
 
 CYCLE = "Lily:é🙂\n".encode()  # 12 different bytes: 'é' is 2 byte tokens, '🙂' is 4
@@ -29,24 +30,43 @@ def tiny_checkpoint():
     <|endoftext|>, and from any other token starts the cycle. Its attention and MLP blocks are random, so the
     other tokens' odds depend on the context: sampling at temperature 1 gives varied text."""
     torch.manual_seed(0)
-    cfg = ModelConfig(dim=264, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=257, hidden_dim=64, max_seq_len=64)
+    cfg = ModelConfig(
+        dim=264, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=257, hidden_dim=64, max_seq_len=64
+    )
     model = Llama(cfg)
-    successor = dict(zip(CYCLE, CYCLE[1:] + CYCLE[:1])) | {ord("Z"): ord("z"), ord("z"): ord("."), ord("."): 256}
+    successor = dict(zip(CYCLE, CYCLE[1:] + CYCLE[:1])) | {
+        ord("Z"): ord("z"),
+        ord("z"): ord("."),
+        ord("."): 256,
+    }
     with torch.no_grad():
         model.embed_tokens.weight.zero_()
-        model.embed_tokens.weight[:, :257] = 10 * torch.eye(257)  # one direction per token, far above the blocks'
+        model.embed_tokens.weight[:, :257] = 10 * torch.eye(
+            257
+        )  # one direction per token, far above the blocks'
         model.lm_head.weight.zero_()
         for token in range(257):
             model.lm_head.weight[successor.get(token, CYCLE[0]), token] = 0.4
     ranks = {bytes([b]): b for b in range(256)}  # bytes only: every non-ASCII character spans several tokens
-    return {"model_args": asdict(cfg), "model": model.state_dict(), "tokenizer": tokenizer.bpe_spec(ranks),
-            "iter_num": 7, "val_loss": 2.5, "val_bpb": 1.25}
+    return {
+        "model_args": asdict(cfg),
+        "model": model.state_dict(),
+        "tokenizer": tokenizer.bpe_spec(ranks),
+        "iter_num": 7,
+        "val_loss": 2.5,
+        "val_bpb": 1.25,
+    }
 
 
 def start_server(*args):
     """serve.py on a free port: (process, base URL) once it prints its address."""
-    process = subprocess.Popen([sys.executable, "serve.py", "--port=0", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", "--port=0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = process.stdout.readline()
     assert line.startswith("serving "), line
     return process, line.split()[-1]
@@ -63,8 +83,9 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model_dir):
     began = time.perf_counter()
-    process, url = start_server(f"--out_dir={model_dir}", f"--max_tokens_limit={LIMIT}",
-                                f"--max_requests={MAX_REQUESTS}")
+    process, url = start_server(
+        f"--out_dir={model_dir}", f"--max_tokens_limit={LIMIT}", f"--max_requests={MAX_REQUESTS}"
+    )
     assert time.perf_counter() - began < 30  # seconds, most of them importing torch on a busy machine
     assert url.startswith("http://127.0.0.1:")  # not reachable from other machines unless asked
     yield url
@@ -79,7 +100,9 @@ def connect(url):
 def request(url, method, path, body=None):
     """(status, parsed JSON or text) of one request."""
     connection = connect(url)
-    connection.request(method, path, None if body is None else json.dumps(body), {"Content-Type": "application/json"})
+    connection.request(
+        method, path, None if body is None else json.dumps(body), {"Content-Type": "application/json"}
+    )
     response = connection.getresponse()
     text = response.read().decode()
     connection.close()
@@ -121,11 +144,17 @@ def generate(url, **body):
 
 def sample_py(model_dir, prompt, max_tokens, seed, **settings):
     """What sample.py prints after the prompt for the same request, without its final newline."""
-    result = run_in_process("sample.py", f"--out_dir={model_dir}", f"--start={prompt}", f"--seed={seed}",
-                            f"--max_new_tokens={max_tokens}", *[f"--{k}={v}" for k, v in settings.items()])
+    result = run_in_process(
+        "sample.py",
+        f"--out_dir={model_dir}",
+        f"--start={prompt}",
+        f"--seed={seed}",
+        f"--max_new_tokens={max_tokens}",
+        *[f"--{k}={v}" for k, v in settings.items()],
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(prompt) and result.stdout.endswith("\n")
-    return result.stdout[len(prompt):-1]
+    return result.stdout[len(prompt) : -1]
 
 
 def wait_for(condition, seconds=10.0):
@@ -141,12 +170,22 @@ def in_flight(url):
 
 # ----------------------------------------------------------------------------- the HTTP surface
 
+
 def test_health_reports_the_model_and_the_server(server, model_dir):
     status, health = request(server, "GET", "/health")
     assert status == 200 and health["status"] == "ok"
     parameters = Llama(ModelConfig(**tiny_checkpoint()["model_args"])).num_params()
-    facts = {"id": "tiny", "parameters": parameters, "context": 64, "vocab_size": 257, "tokenizer": "bpe",
-             "source": str(model_dir / "ckpt.pt"), "iter_num": 7, "val_loss": 2.5, "val_bpb": 1.25}
+    facts = {
+        "id": "tiny",
+        "parameters": parameters,
+        "context": 64,
+        "vocab_size": 257,
+        "tokenizer": "bpe",
+        "source": str(model_dir / "ckpt.pt"),
+        "iter_num": 7,
+        "val_loss": 2.5,
+        "val_bpb": 1.25,
+    }
     assert health["model"].items() >= facts.items()
     assert (health["device"], health["dtype"], health["quantize"]) == ("cpu", "float32", "")
     assert health["requests_in_flight"] == 0
@@ -169,17 +208,32 @@ def test_a_quantized_server_says_so_and_serves_the_models_text(model_dir):
 def test_the_page_is_one_self_contained_html_file(server):
     status, page = request(server, "GET", "/")
     assert status == 200 and page.startswith("<!doctype html>")
-    for part in ('id="prompt"', 'id="generate"', 'id="stop"', 'id="temperature"', 'id="top_p"', 'id="top_k"',
-                 'id="repetition_penalty"', 'id="max_tokens"', 'id="seed"', 'name="viewport"'):
+    for part in (
+        'id="prompt"',
+        'id="generate"',
+        'id="stop"',
+        'id="temperature"',
+        'id="top_p"',
+        'id="top_k"',
+        'id="repetition_penalty"',
+        'id="max_tokens"',
+        'id="seed"',
+        'name="viewport"',
+    ):
         assert part in page
-    assert "//" not in "".join(line for line in page.splitlines() if "src=" in line or "href=" in line)  # no CDN
+    assert "//" not in "".join(
+        line for line in page.splitlines() if "src=" in line or "href=" in line
+    )  # no CDN
 
 
-@pytest.mark.parametrize("prompt, settings", [
-    ("Once upon a time", {"temperature": 0}),  # greedy: the cycle, past the 64-token context
-    ("Once upon a time", SAMPLED),
-    ("Lily and Max play. " * 10, SAMPLED),  # longer than the context: cropped as sample.py crops it
-])
+@pytest.mark.parametrize(
+    "prompt, settings",
+    [
+        ("Once upon a time", {"temperature": 0}),  # greedy: the cycle, past the 64-token context
+        ("Once upon a time", SAMPLED),
+        ("Lily and Max play. " * 10, SAMPLED),  # longer than the context: cropped as sample.py crops it
+    ],
+)
 def test_generate_streams_exactly_the_text_sample_py_prints(server, model_dir, prompt, settings):
     pieces, done = generate(server, prompt=prompt, max_tokens=100, seed=5, **settings)
     assert "".join(pieces) == sample_py(model_dir, prompt, 100, seed=5, **settings)
@@ -215,14 +269,22 @@ def test_an_unseeded_request_gets_a_random_seed_and_says_which(server):
 
 # ----------------------------------------------------------------------------- OpenAI's client
 
+
 def test_the_openai_client_gets_sample_py_text_streaming_and_not(server, model_dir):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server + "/v1", api_key="none")
     [model] = client.models.list().data
     assert model.id == "tiny"
     expected = sample_py(model_dir, "Once upon a time", 80, seed=9, **SAMPLED)
-    fields = dict(model=model.id, prompt="Once upon a time", max_tokens=80, seed=9, temperature=1.0, top_p=0.95,
-                  extra_body={"top_k": 100, "repetition_penalty": 1.2})
+    fields = dict(
+        model=model.id,
+        prompt="Once upon a time",
+        max_tokens=80,
+        seed=9,
+        temperature=1.0,
+        top_p=0.95,
+        extra_body={"top_k": 100, "repetition_penalty": 1.2},
+    )
     completion = client.completions.create(**fields)
     assert completion.choices[0].text == expected
     assert completion.usage.prompt_tokens == 17 and completion.usage.completion_tokens <= 80
@@ -238,7 +300,10 @@ def test_the_openai_client_stops_at_stop_strings_and_gets_refusals_as_errors(ser
     fields = dict(model="tiny", prompt="Once", max_tokens=30, temperature=0, stop="é🙂")
     assert client.completions.create(**fields).choices[0].text == "Lily:"
     chunks = list(client.completions.create(stream=True, **fields))
-    assert "".join(c.choices[0].text for c in chunks) == "Lily:" and chunks[-1].choices[0].finish_reason == "stop"
+    assert (
+        "".join(c.choices[0].text for c in chunks) == "Lily:"
+        and chunks[-1].choices[0].finish_reason == "stop"
+    )
     with pytest.raises(openai.BadRequestError, match="logprobs=2 is not supported"):
         client.completions.create(model="tiny", prompt="Once", logprobs=2)
     with pytest.raises(openai.BadRequestError, match="max_tokens=100001 must be in"):
@@ -246,6 +311,7 @@ def test_the_openai_client_stops_at_stop_strings_and_gets_refusals_as_errors(ser
 
 
 # ----------------------------------------------------------------------------- several clients
+
 
 def test_eight_concurrent_clients_each_get_what_they_would_get_alone(server):
     wait_for(lambda: in_flight(server) == 0)
@@ -308,33 +374,38 @@ def test_clients_that_hang_up_or_stop_reading_free_their_place(server):
 OVERSIZED = {"Content-Type": "application/json", "Content-Length": str(2 << 20)}
 
 
-@pytest.mark.parametrize("method, path, body, status, message", [
-    ("POST", "/generate", b"{not json", 400, "not valid JSON"),
-    ("POST", "/generate", [1, 2], 400, "must be a JSON object"),
-    ("POST", "/generate", {"prompt": 5}, 400, "prompt must be a string, not 5"),
-    ("POST", "/generate", {"temperature": "hot"}, 400, 'temperature must be a number, not "hot"'),
-    ("POST", "/generate", {"temperature": -1}, 400, "temperature=-1.0 must be in [0, 100]"),
-    ("POST", "/generate", {"top_p": 0}, 400, "top_p=0.0 must be in (0, 1]"),
-    ("POST", "/generate", {"top_k": 2.5}, 400, "top_k must be an integer, not 2.5"),
-    ("POST", "/generate", {"max_tokens": True}, 400, "max_tokens must be an integer, not true"),
-    ("POST", "/generate", {"max_tokens": 0}, 400, "max_tokens=0 must be in [1, 100000]"),
-    ("POST", "/generate", {"max_tokens": LIMIT + 1}, 400, "--max_tokens_limit"),
-    ("POST", "/generate", {"repetition_penalty": 0}, 400, "repetition_penalty=0.0 must be in [0.1, 10]"),
-    ("POST", "/generate", {"seed": -1}, 400, "seed=-1 must be in"),
-    ("POST", "/generate", {"stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4 strings"),
-    ("POST", "/generate", {"temprature": 1}, 400, "unknown field 'temprature'"),
-    ("POST", "/generate", None, 413, "the limit is 1048576"),
-    ("GET", "/generate", None, 405, "/generate takes POST"),
-    ("GET", "/nope", None, 404, "no route /nope"),
-    ("POST", "/v1/completions", {"prompt": [1, 2]}, 400, "prompt must be a string"),
-    ("POST", "/v1/completions", {"prompt": "a", "n": 2}, 400, "n=2 is not supported"),
-    ("POST", "/v1/completions", {"prompt": "a", "stream": "yes"}, 400, "stream must be true or false"),
-    ("POST", "/v1/chat/completions", {"prompt": "a"}, 404, "no route /v1/chat/completions"),
-])
+@pytest.mark.parametrize(
+    "method, path, body, status, message",
+    [
+        ("POST", "/generate", b"{not json", 400, "not valid JSON"),
+        ("POST", "/generate", [1, 2], 400, "must be a JSON object"),
+        ("POST", "/generate", {"prompt": 5}, 400, "prompt must be a string, not 5"),
+        ("POST", "/generate", {"temperature": "hot"}, 400, 'temperature must be a number, not "hot"'),
+        ("POST", "/generate", {"temperature": -1}, 400, "temperature=-1.0 must be in [0, 100]"),
+        ("POST", "/generate", {"top_p": 0}, 400, "top_p=0.0 must be in (0, 1]"),
+        ("POST", "/generate", {"top_k": 2.5}, 400, "top_k must be an integer, not 2.5"),
+        ("POST", "/generate", {"max_tokens": True}, 400, "max_tokens must be an integer, not true"),
+        ("POST", "/generate", {"max_tokens": 0}, 400, "max_tokens=0 must be in [1, 100000]"),
+        ("POST", "/generate", {"max_tokens": LIMIT + 1}, 400, "--max_tokens_limit"),
+        ("POST", "/generate", {"repetition_penalty": 0}, 400, "repetition_penalty=0.0 must be in [0.1, 10]"),
+        ("POST", "/generate", {"seed": -1}, 400, "seed=-1 must be in"),
+        ("POST", "/generate", {"stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4 strings"),
+        ("POST", "/generate", {"temprature": 1}, 400, "unknown field 'temprature'"),
+        ("POST", "/generate", None, 413, "the limit is 1048576"),
+        ("GET", "/generate", None, 405, "/generate takes POST"),
+        ("GET", "/nope", None, 404, "no route /nope"),
+        ("POST", "/v1/completions", {"prompt": [1, 2]}, 400, "prompt must be a string"),
+        ("POST", "/v1/completions", {"prompt": "a", "n": 2}, 400, "n=2 is not supported"),
+        ("POST", "/v1/completions", {"prompt": "a", "stream": "yes"}, 400, "stream must be true or false"),
+        ("POST", "/v1/chat/completions", {"prompt": "a"}, 404, "no route /v1/chat/completions"),
+    ],
+)
 def test_bad_requests_are_refused_with_a_message(server, method, path, body, status, message):
     connection = connect(server)
     raw = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
-    connection.request(method, path, raw, OVERSIZED if status == 413 else {"Content-Type": "application/json"})
+    connection.request(
+        method, path, raw, OVERSIZED if status == 413 else {"Content-Type": "application/json"}
+    )
     response = connection.getresponse()
     error = json.loads(response.read())["error"]
     connection.close()
@@ -350,22 +421,30 @@ def test_the_server_still_answers_after_bad_requests(server):
     assert generate(server, prompt="Z", temperature=0)[1]["finish_reason"] == "eot"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--port=70000"], "--port=70000 must be in [0, 65535]"), (["--max_tokens_limit=0"], "--max_tokens_limit=0"),
-    (["--device=tpu"], "--device=tpu"), (["--out_dir=/nonexistent"], "no checkpoint"),
-    (["--quantize=int4"], "--quantize='int4'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port=70000"], "--port=70000 must be in [0, 65535]"),
+        (["--max_tokens_limit=0"], "--max_tokens_limit=0"),
+        (["--device=tpu"], "--device=tpu"),
+        (["--out_dir=/nonexistent"], "no checkpoint"),
+        (["--quantize=int4"], "--quantize='int4'"),
+    ],
+)
 def test_bad_options_fail_with_one_line(args, message):
     assert_clean_error(run_in_process("serve.py", "--port=0", *args), message)
 
 
 def test_a_busy_port_fails_with_one_line(server, model_dir):
     port = server.rsplit(":", 1)[1]
-    assert_clean_error(run_in_process("serve.py", f"--out_dir={model_dir}", f"--port={port}"),
-                       f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert_clean_error(
+        run_in_process("serve.py", f"--out_dir={model_dir}", f"--port={port}"),
+        f"cannot listen on 127.0.0.1:{port}: Address already in use",
+    )
 
 
 # ----------------------------------------------------------------------------- a real browser
+
 
 def chromium():
     """A headless Chromium driven by Selenium, with the system's chromedriver; skips where either is missing."""
@@ -376,9 +455,18 @@ def chromium():
         pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1000,900", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1000,900",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
 
@@ -388,14 +476,18 @@ def story_text(driver):
 
 
 def set_max_tokens(driver, n):
-    driver.execute_script("const e = document.getElementById('max_tokens'); e.value = arguments[0];"
-                          "e.dispatchEvent(new Event('input'));", n)
+    driver.execute_script(
+        "const e = document.getElementById('max_tokens'); e.value = arguments[0];"
+        "e.dispatchEvent(new Event('input'));",
+        n,
+    )
 
 
 def write_story(driver, url, prompt, max_tokens, seed):
     """Opens the page, types a prompt, sets max tokens and the seed, presses Generate; returns the lengths of
     the text seen while the stream ran."""
     from selenium.webdriver.common.by import By
+
     driver.get(url)
     wait_for(lambda: "parameters" in driver.find_element(By.ID, "facts").text)
     driver.find_element(By.ID, "prompt").clear()
@@ -413,6 +505,7 @@ def write_story(driver, url, prompt, max_tokens, seed):
 @pytest.mark.slow
 def test_a_browser_sees_the_story_grow_then_the_figures_and_can_stop_a_long_one(server, tmp_path):
     from selenium.webdriver.common.by import By
+
     driver = chromium()
     try:
         lengths = write_story(driver, server, "Once upon a time", 600, 3)
@@ -439,7 +532,9 @@ def test_a_browser_sees_the_story_grow_then_the_figures_and_can_stop_a_long_one(
         driver.quit()
 
 
-if __name__ == "__main__":  # the README's screenshot: PYTHONPATH=. python tests/test_serve.py out/smoke docs/ui.png
+if (
+    __name__ == "__main__"
+):  # the README's screenshot: PYTHONPATH=. python tests/test_serve.py out/smoke docs/ui.png
     server_process, server_url = start_server(f"--out_dir={sys.argv[1]}")
     browser = chromium()
     browser.set_window_size(960, 700)

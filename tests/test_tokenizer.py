@@ -4,9 +4,9 @@ import shutil
 from collections import Counter
 
 import pytest
+from conftest import make_stories
 
 import tokenizer
-from conftest import make_stories
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,10 @@ def test_gpt2_ids_are_tiktokens(gpt2):
 def test_gpt2_files_are_checked_against_tiktokens_hashes(tmp_path, name):
     for path in tokenizer.gpt2_files():
         shutil.copy(path, tmp_path)
-    assert tokenizer.gpt2_files(str(tmp_path)) == (str(tmp_path / "vocab.bpe"), str(tmp_path / "encoder.json"))
+    assert tokenizer.gpt2_files(str(tmp_path)) == (
+        str(tmp_path / "vocab.bpe"),
+        str(tmp_path / "encoder.json"),
+    )
     data = bytearray((tmp_path / name).read_bytes())
     data[len(data) // 2] ^= 1  # one bit of one byte
     (tmp_path / name).write_bytes(data)
@@ -42,7 +45,11 @@ def test_a_missing_gpt2_file_is_named(tmp_path):
 @pytest.mark.parametrize("kind", ["gpt2", "bpe"])
 def test_decode_encode_round_trips_every_story(kind, gpt2):
     stories = make_stories(100) + ["  leading and trailing spaces  ", "tabs\tand\r\nCRLF", "日本語 🙂🙂", ""]
-    enc = gpt2 if kind == "gpt2" else tokenizer.bpe_encoding(tokenizer.train_bpe(tokenizer.count_pretokens(stories), 300))
+    enc = (
+        gpt2
+        if kind == "gpt2"
+        else tokenizer.bpe_encoding(tokenizer.train_bpe(tokenizer.count_pretokens(stories), 300))
+    )
     for story in stories:
         assert enc.decode(enc.encode_ordinary(story)) == story
 
@@ -70,8 +77,9 @@ def test_bpe_spec_round_trips_through_json():
     spec = json.loads(json.dumps(tokenizer.bpe_spec(ranks)))  # as meta.json and checkpoints store it
     assert tokenizer.spec_kind(spec) == "bpe"
     assert tokenizer.spec_ranks(spec) == ranks
-    assert tokenizer.load_tokenizer(spec).encode_ordinary("Lily and Max") == \
-        tokenizer.bpe_encoding(ranks).encode_ordinary("Lily and Max")
+    assert tokenizer.load_tokenizer(spec).encode_ordinary("Lily and Max") == tokenizer.bpe_encoding(
+        ranks
+    ).encode_ordinary("Lily and Max")
 
 
 def test_gpt2_spec_loads_gpt2(gpt2):
@@ -80,8 +88,10 @@ def test_gpt2_spec_loads_gpt2(gpt2):
 
 
 def test_a_stored_spec_is_read_from_meta_or_a_checkpoint():
-    assert tokenizer.stored_spec({"tokenizer": tokenizer.gpt2_spec(), "vocab_size": 50257}, "meta.json") == \
-        tokenizer.gpt2_spec()
+    assert (
+        tokenizer.stored_spec({"tokenizer": tokenizer.gpt2_spec(), "vocab_size": 50257}, "meta.json")
+        == tokenizer.gpt2_spec()
+    )
     with pytest.raises(tokenizer.TokenizerError, match="out/ckpt.pt holds no tokenizer spec"):
         tokenizer.stored_spec({"model": {}, "iter_num": 3}, "out/ckpt.pt")
 
@@ -92,13 +102,16 @@ def test_vocabulary_that_does_not_fit_uint16_or_bytes_is_refused(vocab_size):
         tokenizer.train_bpe(Counter({"a": 1}), vocab_size)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"kind": "sentencepiece"}, "unknown tokenizer kind 'sentencepiece'"),
-    ({"tokenizer": {"kind": "gpt2"}}, "not a tokenizer spec"),
-    (None, "not a tokenizer spec"),
-    ({"kind": "bpe"}, "bpe tokenizer spec has no 'ranks'"),
-    ({"kind": "bpe", "ranks": "not base64 at all\n"}, "'ranks' are not 'base64 rank' lines"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"kind": "sentencepiece"}, "unknown tokenizer kind 'sentencepiece'"),
+        ({"tokenizer": {"kind": "gpt2"}}, "not a tokenizer spec"),
+        (None, "not a tokenizer spec"),
+        ({"kind": "bpe"}, "bpe tokenizer spec has no 'ranks'"),
+        ({"kind": "bpe", "ranks": "not base64 at all\n"}, "'ranks' are not 'base64 rank' lines"),
+    ],
+)
 def test_a_spec_that_is_not_one_is_refused(spec, message):
     with pytest.raises(tokenizer.TokenizerError, match=message):
         tokenizer.load_tokenizer(spec)

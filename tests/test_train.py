@@ -9,13 +9,25 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from conftest import ROOT, assert_clean_error, run_in_process, run_script
 
-TINY = ["--dim=32", "--n_layers=2", "--n_heads=4", "--n_kv_heads=2", "--block_size=32", "--batch_size=4",
-        "--gradient_accumulation_steps=2", "--eval_iters=2", "--log_interval=1", "--compile=False",
-        "--learning_rate=3e-3", "--warmup_iters=5", "--min_lr=3e-4"]
+from checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+
+TINY = [
+    "--dim=32",
+    "--n_layers=2",
+    "--n_heads=4",
+    "--n_kv_heads=2",
+    "--block_size=32",
+    "--batch_size=4",
+    "--gradient_accumulation_steps=2",
+    "--eval_iters=2",
+    "--log_interval=1",
+    "--compile=False",
+    "--learning_rate=3e-3",
+    "--warmup_iters=5",
+    "--min_lr=3e-4",
+]
 
 
 def train(data_dir, out_dir, *args, check=True):
@@ -76,8 +88,15 @@ def test_loss_falls_and_logs_every_field(data_dir, short_run):
 
 def test_the_default_recipe_beats_adamw_on_the_same_budget(data_dir, short_run, tmp_path):
     # the baseline preset sets the whole recipe, so TINY's schedule is given again after it
-    train(data_dir, tmp_path, "config/train_baseline_adamw.py", "--learning_rate=3e-3", "--warmup_iters=5",
-          "--min_lr=3e-4", *SHORT)
+    train(
+        data_dir,
+        tmp_path,
+        "config/train_baseline_adamw.py",
+        "--learning_rate=3e-3",
+        "--warmup_iters=5",
+        "--min_lr=3e-4",
+        *SHORT,
+    )
     default, adamw = (torch.load(run / "ckpt.pt", weights_only=True) for run in (short_run, tmp_path))
     assert (default["config"]["optimizer"], adamw["config"]["optimizer"]) == ("muon", "adamw")
     assert default["val_loss"] < adamw["val_loss"] - 0.3  # measured: 2.80 against 3.83 nats
@@ -95,7 +114,16 @@ def test_one_batch_can_be_overfit(data_dir, tmp_path):
 def test_checkpoint_holds_everything_and_loads_without_code(finished_run):
     ckpt = torch.load(finished_run / "ckpt.pt", weights_only=True)
     assert ckpt["format"] == FORMAT and ckpt["iter_num"] == 8
-    assert {"model_args", "model", "optimizer", "scaler", "best_val_loss", "config", "tokenizer", "rng"} <= set(ckpt)
+    assert {
+        "model_args",
+        "model",
+        "optimizer",
+        "scaler",
+        "best_val_loss",
+        "config",
+        "tokenizer",
+        "rng",
+    } <= set(ckpt)
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
     assert ckpt["tokenizer"] == json.load(open(finished_run.parent / "data" / "meta.json"))["tokenizer"]
     assert ckpt["config"]["dim"] == 32 and ckpt["model_args"]["vocab_size"] == 300
@@ -106,7 +134,10 @@ def test_best_checkpoint_holds_the_weights_of_the_lowest_val_loss_and_no_optimiz
     best, latest = (load_checkpoint(str(finished_run / name)) for name in ("best.pt", "ckpt.pt"))
     lowest = min(val_losses(finished_run), key=lambda pair: pair[1])
     assert best["iter_num"] == lowest[0] and best["val_loss"] == lowest[1] and "val_bpb" in best
-    assert "optimizer" not in best and os.path.getsize(finished_run / "best.pt") < os.path.getsize(finished_run / "ckpt.pt") / 2
+    assert (
+        "optimizer" not in best
+        and os.path.getsize(finished_run / "best.pt") < os.path.getsize(finished_run / "ckpt.pt") / 2
+    )
 
 
 @pytest.mark.slow
@@ -114,7 +145,10 @@ def test_sigterm_then_resume_gives_bit_identical_losses_and_a_clean_log(data_dir
     args = ["--max_iters=120", "--eval_interval=40", "--dropout=0.1"]
     train(data_dir, tmp_path / "full", *args)
     config = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)["config"]
-    assert (config["optimizer"], config["lr_schedule"]) == ("muon", "wsd")  # the default recipe resumes exactly
+    assert (config["optimizer"], config["lr_schedule"]) == (
+        "muon",
+        "wsd",
+    )  # the default recipe resumes exactly
     out = tmp_path / "resumed"
     cmd = [sys.executable, "train.py", f"--data_dir={data_dir}", f"--out_dir={out}", *TINY, *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -136,7 +170,9 @@ def test_sigterm_then_resume_gives_bit_identical_losses_and_a_clean_log(data_dir
     assert [r["iter"] for r in records(out)] == [r["iter"] for r in records(tmp_path / "full")]
     for name in ("best.pt", "ckpt.pt"):
         a, b = (load_checkpoint(str(run / name)) for run in (out, tmp_path / "full"))
-        assert a["iter_num"] == b["iter_num"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert a["iter_num"] == b["iter_num"] and all(
+            torch.equal(a["model"][k], b["model"][k]) for k in a["model"]
+        )
 
 
 def test_eval_is_deterministic(finished_run, tmp_path):
@@ -151,7 +187,9 @@ def test_a_scratch_run_never_replaces_a_checkpoint_unless_told(finished_run, tmp
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = (run / "ckpt.pt").read_bytes()
-    result = run_in_process("train.py", f"--data_dir={finished_run.parent / 'data'}", f"--out_dir={run}", *TINY)
+    result = run_in_process(
+        "train.py", f"--data_dir={finished_run.parent / 'data'}", f"--out_dir={run}", *TINY
+    )
     assert_clean_error(result, "already holds a checkpoint", "--init_from=resume", "--overwrite=True")
     assert (run / "ckpt.pt").read_bytes() == before
     train(finished_run.parent / "data", run, "--max_iters=2", "--eval_interval=2", "--overwrite=True")
@@ -181,9 +219,18 @@ def test_a_loss_plot_is_drawn_without_any_plotting_package(finished_run):
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "val" in svg
 
 
-def test_muon_holds_the_blocks_matrices_adamw_the_rest_and_lr_scale_and_momentum_warmup_apply(data_dir, tmp_path):
-    train(data_dir, tmp_path, "--optimizer=muon", "--max_iters=3", "--eval_interval=3", "--embedding_lr_scale=4",
-          "--muon_momentum_warmup=4")
+def test_muon_holds_the_blocks_matrices_adamw_the_rest_and_lr_scale_and_momentum_warmup_apply(
+    data_dir, tmp_path
+):
+    train(
+        data_dir,
+        tmp_path,
+        "--optimizer=muon",
+        "--max_iters=3",
+        "--eval_interval=3",
+        "--embedding_lr_scale=4",
+        "--muon_momentum_warmup=4",
+    )
     ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
     adamw, muon = ckpt["optimizer"]
     blocks = {k: v.shape for k, v in ckpt["model"].items() if k.startswith("layers.") and v.dim() == 2}
@@ -197,12 +244,23 @@ def test_muon_holds_the_blocks_matrices_adamw_the_rest_and_lr_scale_and_momentum
     assert (adamw["state"][head]["exp_avg"].abs().sum(1) > 0).all()
     lr = muon["param_groups"][0]["lr"]
     assert [g["lr"] for g in adamw["param_groups"]] == [pytest.approx(4 * lr), lr, lr]
-    assert muon["param_groups"][0]["momentum"] == pytest.approx(0.85 + (0.95 - 0.85) * 2 / 4)  # step 2 of 4's warmup
+    assert muon["param_groups"][0]["momentum"] == pytest.approx(
+        0.85 + (0.95 - 0.85) * 2 / 4
+    )  # step 2 of 4's warmup
 
 
 def test_the_wsd_schedule_warms_up_holds_then_decays_linearly(data_dir, tmp_path):
-    train(data_dir, tmp_path, "--lr_schedule=wsd", "--max_iters=20", "--warmup_iters=4", "--decay_fraction=0.5",
-          "--learning_rate=1e-2", "--min_lr=1e-3", "--eval_interval=100")
+    train(
+        data_dir,
+        tmp_path,
+        "--lr_schedule=wsd",
+        "--max_iters=20",
+        "--warmup_iters=4",
+        "--decay_fraction=0.5",
+        "--learning_rate=1e-2",
+        "--min_lr=1e-3",
+        "--eval_interval=100",
+    )
     lr = {r["iter"] - 1: r["lr"] for r in records(tmp_path) if "lr" in r}  # the lr that step used
     assert lr[0] == pytest.approx(1e-2 / 5) and lr[3] == pytest.approx(1e-2 * 4 / 5)  # linear warmup
     assert lr[4] == lr[9] == pytest.approx(1e-2)  # stable until the last half
@@ -218,6 +276,7 @@ def test_checkpoint_survives_a_crash_during_write(tmp_path, monkeypatch):
     def crash(obj, f):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt  # killed mid-write
+
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({**minimal, "iter_num": 2, "model": {"w": torch.zeros(3)}}, path)
@@ -236,8 +295,17 @@ def test_a_corrupt_or_foreign_checkpoint_gives_a_message(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    result = train(data_dir, tmp_path, "--max_iters=50", "--eval_interval=1000", "--learning_rate=1e9",
-                   "--warmup_iters=0", "--grad_clip=0.0", "--lr_schedule=constant", check=False)
+    result = train(
+        data_dir,
+        tmp_path,
+        "--max_iters=50",
+        "--eval_interval=1000",
+        "--learning_rate=1e9",
+        "--warmup_iters=0",
+        "--grad_clip=0.0",
+        "--lr_schedule=constant",
+        check=False,
+    )
     assert_clean_error(result, "non-finite")
     ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
     assert ckpt["iter_num"] == 0
@@ -249,9 +317,23 @@ def test_ddp_two_ranks_equal_one_rank_with_double_accumulation_and_resume_exactl
     common = [f"--data_dir={data_dir}", *TINY, "--eval_interval=4", "--gradient_accumulation_steps=4"]
 
     def torchrun(out, *args):
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                 "tests/ddp_worker.py", *common, f"--out_dir={out}", *args], cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "tests/ddp_worker.py",
+                *common,
+                f"--out_dir={out}",
+                *args,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
@@ -263,8 +345,13 @@ def test_ddp_two_ranks_equal_one_rank_with_double_accumulation_and_resume_exactl
     resumed, _ = torchrun(tmp_path / "resumed", "--max_iters=8", "--init_from=resume")
     assert all(torch.equal(resumed[k], rank0[k]) for k in rank0)
     assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "two")
-    one = subprocess.run([sys.executable, "tests/ddp_worker.py", *common, "--max_iters=8", f"--out_dir={tmp_path / 'one'}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "tests/ddp_worker.py", *common, "--max_iters=8", f"--out_dir={tmp_path / 'one'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
     single = torch.load(tmp_path / "one" / "rank0.pt")
     # the gradient sums differ in order only, but Muon orthogonalises them in bfloat16, which carries that
@@ -278,7 +365,13 @@ def test_ddp_two_ranks_equal_one_rank_with_double_accumulation_and_resume_exactl
 def bad_train_input(case, data_dir, finished_run, tmp_path, monkeypatch):
     """(arguments, the message the one error line must hold) for each kind of bad input."""
     resume = ["--init_from=resume", f"--out_dir={tmp_path / 'run'}"]
-    if case in ("resume with another shape", "resume with another optimizer", "resume without optimizer", "empty checkpoint", "checkpoint without tokenizer"):
+    if case in (
+        "resume with another shape",
+        "resume with another optimizer",
+        "resume without optimizer",
+        "empty checkpoint",
+        "checkpoint without tokenizer",
+    ):
         shutil.copytree(finished_run, tmp_path / "run")
     if case == "resume with another optimizer":
         return resume + ["--optimizer=adamw"], "optimizer state does not fit"
@@ -305,7 +398,11 @@ def bad_train_input(case, data_dir, finished_run, tmp_path, monkeypatch):
         meta = json.load(open(other / "meta.json"))
         meta["tokenizer"], meta["vocab_size"] = {"kind": "gpt2"}, 50257
         json.dump(meta, open(other / "meta.json", "w"))
-        return ["--init_from=resume", f"--data_dir={other}", f"--out_dir={finished_run}"], "vocabulary mismatch"
+        return [
+            "--init_from=resume",
+            f"--data_dir={other}",
+            f"--out_dir={finished_run}",
+        ], "vocabulary mismatch"
     if case == "truncated meta.json":
         broken = tmp_path / "broken"
         shutil.copytree(data_dir, broken)
@@ -326,14 +423,23 @@ def bad_train_input(case, data_dir, finished_run, tmp_path, monkeypatch):
         return ["--wandb_log=True"], "pip install wandb"
     return {
         "missing data_dir": ([f"--data_dir={tmp_path / 'nope'}"], "has no meta.json"),
-        "block_size larger than data": (["--block_size=100000", "--max_seq_len=100000"], "larger than train.bin"),
-        "block_size larger than context": (["--block_size=64", "--max_seq_len=32"], "larger than the model's context"),
+        "block_size larger than data": (
+            ["--block_size=100000", "--max_seq_len=100000"],
+            "larger than train.bin",
+        ),
+        "block_size larger than context": (
+            ["--block_size=64", "--max_seq_len=32"],
+            "larger than the model's context",
+        ),
         "zero batch": (["--batch_size=0"], "--batch_size=0 must be at least 1"),
         "zero eval_iters": (["--eval_iters=0"], "--eval_iters=0"),
         "zero eval_interval": (["--eval_interval=0"], "--eval_interval=0"),
         "zero log_interval": (["--log_interval=0"], "--log_interval=0"),
         "negative seed": (["--seed=-1"], "--seed=-1"),
-        "resume with no checkpoint": (["--init_from=resume", f"--out_dir={tmp_path / 'none'}"], "no checkpoint"),
+        "resume with no checkpoint": (
+            ["--init_from=resume", f"--out_dir={tmp_path / 'none'}"],
+            "no checkpoint",
+        ),
         "unknown init_from": (["--init_from=gpt2"], "--init_from=gpt2"),
         "unknown optimizer": (["--optimizer=sgd"], "--optimizer=sgd"),
         "unknown schedule": (["--lr_schedule=linear"], "--lr_schedule=linear"),
@@ -347,20 +453,48 @@ def bad_train_input(case, data_dir, finished_run, tmp_path, monkeypatch):
     }[case]
 
 
-CASES = ["missing data_dir", "block_size larger than data", "block_size larger than context",
-         "accumulation not divisible", "zero batch", "zero eval_iters", "zero eval_interval", "zero log_interval",
-         "negative seed", "resume with no checkpoint", "corrupt checkpoint", "empty checkpoint",
-         "checkpoint without tokenizer", "resume without optimizer", "resume with another shape",
-         "resume with another optimizer", "vocabulary mismatch",
-         "truncated meta.json", "unknown init_from", "unknown optimizer", "unknown schedule", "odd dim",
-         "impossible kv heads", "dropout above 1", "device meta", "float16 on cpu", "flash attention missing",
-         "out_dir is a file", "out_dir cannot be created", "wandb missing"]
+CASES = [
+    "missing data_dir",
+    "block_size larger than data",
+    "block_size larger than context",
+    "accumulation not divisible",
+    "zero batch",
+    "zero eval_iters",
+    "zero eval_interval",
+    "zero log_interval",
+    "negative seed",
+    "resume with no checkpoint",
+    "corrupt checkpoint",
+    "empty checkpoint",
+    "checkpoint without tokenizer",
+    "resume without optimizer",
+    "resume with another shape",
+    "resume with another optimizer",
+    "vocabulary mismatch",
+    "truncated meta.json",
+    "unknown init_from",
+    "unknown optimizer",
+    "unknown schedule",
+    "odd dim",
+    "impossible kv heads",
+    "dropout above 1",
+    "device meta",
+    "float16 on cpu",
+    "flash attention missing",
+    "out_dir is a file",
+    "out_dir cannot be created",
+    "wandb missing",
+]
 
 
 @pytest.mark.parametrize("case", CASES + ([] if torch.cuda.is_available() else ["cuda missing"]))
-def test_bad_input_fails_with_one_line_and_changes_nothing(case, data_dir, finished_run, tmp_path, monkeypatch):
+def test_bad_input_fails_with_one_line_and_changes_nothing(
+    case, data_dir, finished_run, tmp_path, monkeypatch
+):
     args, message = bad_train_input(case, data_dir, finished_run, tmp_path, monkeypatch)
     before = {name: (finished_run / name).read_bytes() for name in os.listdir(finished_run)}
-    result = run_in_process("train.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", *TINY, *args)
+    result = run_in_process(
+        "train.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", *TINY, *args
+    )
     assert_clean_error(result, message)
     assert {name: (finished_run / name).read_bytes() for name in os.listdir(finished_run)} == before
