@@ -1,27 +1,38 @@
-"""Command-line options for every script, nanoGPT style, and the one way scripts stop on bad input.
+"""Command-line options for every script, nanoGPT style, their declared checks, and the one way scripts stop.
 
   python train.py config/train_smoke.py --batch_size=32 --compile=False
   python train.py --help
 
 A script defines its options as plain module globals, then calls
 
-  from configurator import configure, fail
-  config = configure(globals())
+  from configurator import configure
+  config = configure(globals(), checks={"batch_size": "[1, inf)", "optimizer": ("muon", "adamw")})
 
 so the options stay globals a user can read and edit. A config file is Python that assigns some of them;
 --key=value is parsed with literal_eval. Every value must keep its default's type (an int may stand for a
-float); for a string default the text is taken as written. Mistakes end the run with one line.
+float); for a string default the text is taken as written. `checks` declares an option's range (an interval:
+[ ] includes a bound, ( ) excludes it) or its choices (a tuple); --help shows them beside the options.
+
+A mistake ends the run with one line on stderr and exit status 1, never a traceback: fail(message) for the
+checks a script writes itself, and any UserError a script lets through (configure installs the hook).
 """
 
 import ast
 import difflib
 import io
+import math
 import os
+import re
 import sys
 import tokenize
 import traceback
 
 PLAIN_TYPES = (int, float, bool, str, type(None))
+INTERVAL = re.compile(r"^([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])$")
+
+
+class UserError(Exception):
+    """A mistake in what the user gave (an option, a file): the script ends with its message on one line."""
 
 
 def fail(message):
@@ -30,20 +41,33 @@ def fail(message):
     sys.exit(1)
 
 
-def configure(namespace, argv=None):
-    """Applies config files and --key=value arguments (default: sys.argv[1:]) to the namespace's options.
+def print_user_errors(kind, error, tb, default_hook=sys.excepthook):
+    """sys.excepthook: a UserError is one line; anything else (a bug) keeps its traceback."""
+    if issubclass(kind, UserError):
+        print(f"error: {error}", file=sys.stderr)
+    else:
+        default_hook(kind, error, tb)
+
+
+def configure(namespace, argv=None, checks=None):
+    """Applies config files and --key=value arguments (default: sys.argv[1:]) to the namespace's options,
+    then checks each against `checks` ({option: interval text or tuple of choices}).
 
     Options are the lowercase globals of plain types (UPPER_CASE names are constants). Writes the final
     values back into the namespace and returns them as {option: value}.
     """
+    sys.excepthook = print_user_errors
     argv = sys.argv[1:] if argv is None else argv
+    checks = checks or {}
     defaults = {
         key: value
         for key, value in namespace.items()
         if not key.startswith("_") and not key.isupper() and isinstance(value, PLAIN_TYPES)
     }
+    unknown = set(checks) - set(defaults)
+    assert not unknown, f"checks for options that do not exist: {unknown}"  # the script's own mistake
     if "--help" in argv or "-h" in argv:
-        print_help(namespace, defaults)
+        print_help(namespace, defaults, checks)
         sys.exit(0)
     values = dict(defaults)
 
@@ -79,8 +103,36 @@ def configure(namespace, argv=None):
                 except (ValueError, SyntaxError):
                     value = text
             set_option(key, value, f"--{arg[2:]}")
+    for key, check in checks.items():
+        problem = check_value(values[key], check)
+        if problem:
+            fail(f"--{key}={values[key]}{problem}")
     namespace.update(values)
     return values
+
+
+def check_value(value, check):
+    """What is wrong with value under check (an interval text or a tuple of choices), said after the
+    option's --key=value; None when nothing is."""
+    if isinstance(check, tuple):
+        return None if value in check else f": use {' or '.join(map(str, check))}"
+    if value is None:
+        return None
+    low_bracket, low, high, high_bracket = INTERVAL.match(check).groups()
+    low, high = (eval(bound, {"inf": math.inf}) for bound in (low, high))  # our own texts: "2**63", "-inf"
+    above = value >= low if low_bracket == "[" else value > low
+    below = value <= high if high_bracket == "]" else value < high
+    return None if above and below else f" must be {describe(check)}"  # NaN fails both
+
+
+def describe(check):
+    """An interval in words where that reads better: '[1, inf)' is 'at least 1'."""
+    if isinstance(check, tuple):
+        return "one of " + ", ".join(map(str, check))
+    low_bracket, low, high, high_bracket = INTERVAL.match(check).groups()
+    if high == "inf":
+        return f"at least {low}" if low_bracket == "[" else f"above {low}"
+    return f"in {check}"
 
 
 def run_config_file(path):
@@ -101,22 +153,23 @@ def run_config_file(path):
     return assigned
 
 
-def print_help(namespace, defaults):
-    """The script's docstring, then each option with its default and the comment beside it in the source."""
+def print_help(namespace, defaults, checks):
+    """The script's docstring, then each option with its default, the comment beside it in the source and
+    its declared range or choices."""
     if namespace.get("__doc__"):
         print(namespace["__doc__"].strip() + "\n")
     comments = option_comments(namespace.get("__file__"))
-    flags = {
-        key: f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in defaults.items()
-    }
+    shown = {key: value if isinstance(value, str) else repr(value) for key, value in defaults.items()}
+    flags = {key: f"--{key}={value}" for key, value in shown.items()}
     width = max(map(len, flags.values()), default=0)
     print("options:")
     for key, flag in flags.items():
-        print(f"  {flag:<{width}}   {comments.get(key, '')}".rstrip())
+        rule = f" ({describe(checks[key])})" if key in checks else ""
+        print(f"  {flag:<{width}}   {comments.get(key, '')}{rule}".rstrip())
 
 
 def option_comments(path):
-    """{name: comment} for the script's top-level `name = ...  # comment` lines (a name's first assignment)."""
+    """{name: comment} for the script's top-level `name = ...  # comment` lines (a name's first one)."""
     if not path or not os.path.isfile(path):
         return {}
     with open(path, encoding="utf-8") as f:
