@@ -10,14 +10,15 @@ import sys
 
 import torch
 
+from configurator import UserError
 from model import Llama, ModelConfig
+from runs import code_changed
 
-FORMAT = "tinyllama-checkpoint-v2"  # v2: q/k/v and gate/up fused; v1 (separate, HF names) is read too
-OLD_FORMATS = ("tinyllama-checkpoint-v1",)
+FORMAT = "tinyllama-checkpoint-v2"  # v2: q/k/v and gate/up fused
 REQUIRED = ("model_args", "model", "tokenizer")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     pass
 
 
@@ -46,7 +47,8 @@ def _why_unreadable(path, error):
     return f"{type(error).__name__}: {text[:200]}"
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", warn=True):
+    """The checkpoint dict at path, checked; warn: say on stderr when model.py changed since it was written."""
     if os.path.isdir(path) or not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}: train one first (python train.py --out_dir=...)")
     try:
@@ -54,7 +56,7 @@ def load_checkpoint(path, map_location="cpu"):
     except Exception as e:  # truncated, not a torch file, or holding code: never a pickle traceback
         raise CheckpointError(f"{path} is not a readable checkpoint: {_why_unreadable(path, e)}")
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-    if found not in (FORMAT, *OLD_FORMATS):
+    if found != FORMAT:
         raise CheckpointError(
             f"{path} has an unknown checkpoint format ({found!r}, expected {FORMAT!r}); "
             "for Hugging Face models use --hf_dir=PATH"
@@ -64,10 +66,9 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(
             f"{path} lacks {', '.join(repr(k) for k in missing)}: it was not written by train.py"
         )
-    if found in OLD_FORMATS:
-        from hf import from_hf_weights
-
-        checkpoint["model"] = from_hf_weights(checkpoint["model"])
+    changed = code_changed(checkpoint.get("code"))
+    if warn and changed:
+        print(f"warning: {path}: {changed}", file=sys.stderr)
     return checkpoint
 
 
@@ -92,8 +93,8 @@ def model_from_checkpoint(checkpoint, **overrides):
 def load_model(out_dir="", ckpt="", hf_dir=""):
     """(model, tokenizer spec, facts) from a training run's checkpoint, or from a HF Llama directory.
 
-    facts: where the model came from, and for our checkpoints the iteration, the val figures and the
-    data_dir it was trained on (None if the checkpoint holds no training config).
+    facts: where the model came from, and for our checkpoints the iteration, the val figures, the code that
+    trained it and the data_dir it was trained on (None if the checkpoint holds no training config).
     """
     if hf_dir:
         from hf import load_hf
@@ -105,7 +106,7 @@ def load_model(out_dir="", ckpt="", hf_dir=""):
     facts = {
         "source": path,
         "iter_num": checkpoint.get("iter_num"),
-        **{k: checkpoint[k] for k in ("val_loss", "val_bpb") if k in checkpoint},
+        **{k: checkpoint[k] for k in ("val_loss", "val_bpb", "code") if k in checkpoint},
         "data_dir": (checkpoint.get("config") or {}).get("data_dir"),
     }
     return model_from_checkpoint(checkpoint), checkpoint["tokenizer"], facts

@@ -29,6 +29,17 @@ import traceback
 
 PLAIN_TYPES = (int, float, bool, str, type(None))
 INTERVAL = re.compile(r"^([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])$")
+# The sampling options of sample.py, eval.py and serve.py: the seeds' recommended settings (an export's
+# generation_config.json carries them too), and their ranges. A seed is one torch and numpy accept.
+SAMPLING = {"temperature": 0.7, "top_k": 0, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 256}
+SAMPLING_CHECKS = {
+    "temperature": "[0, 100]",
+    "top_k": "[0, inf)",
+    "top_p": "(0, 1]",
+    "repetition_penalty": "[0.1, 10]",
+    "max_new_tokens": "[1, 100_000]",  # a story of 100,000 tokens takes minutes even compiled; Ctrl-C stops one
+    "seed": "[0, 2**63)",
+}
 
 
 class UserError(Exception):
@@ -42,9 +53,18 @@ def fail(message):
 
 
 def print_user_errors(kind, error, tb, default_hook=sys.excepthook):
-    """sys.excepthook: a UserError is one line; anything else (a bug) keeps its traceback."""
+    """sys.excepthook: a UserError or running out of memory is one line, Ctrl-C one word; anything else (a
+    bug) keeps its traceback."""
     if issubclass(kind, UserError):
         print(f"error: {error}", file=sys.stderr)
+    elif kind.__name__ == "OutOfMemoryError" or "can't allocate memory" in str(error):  # torch's, GPU or CPU
+        what = " ".join(str(error).split())[:160]
+        print(
+            f"error: out of memory ({what}); use a smaller batch (--batch_size, --num_samples)",
+            file=sys.stderr,
+        )
+    elif issubclass(kind, KeyboardInterrupt):
+        print("\ninterrupted", file=sys.stderr)
     else:
         default_hook(kind, error, tb)
 
@@ -114,12 +134,13 @@ def configure(namespace, argv=None, checks=None):
 def check_value(value, check):
     """What is wrong with value under check (an interval text or a tuple of choices), said after the
     option's --key=value; None when nothing is."""
-    if isinstance(check, tuple):
-        return None if value in check else f": use {' or '.join(map(str, check))}"
+    if isinstance(check, tuple):  # by type too: 1 is not True
+        chosen = any(type(value) is type(choice) and value == choice for choice in check)
+        return None if chosen else f": use {' or '.join(repr(c) if c == '' else str(c) for c in check)}"
     if value is None:
         return None
     low_bracket, low, high, high_bracket = INTERVAL.match(check).groups()
-    low, high = (eval(bound, {"inf": math.inf}) for bound in (low, high))  # our own texts: "2**63", "-inf"
+    low, high = (eval(bound, {"inf": math.inf}) for bound in (low, high))  # our own texts, like "2**63"
     above = value >= low if low_bracket == "[" else value > low
     below = value <= high if high_bracket == "]" else value < high
     return None if above and below else f" must be {describe(check)}"  # NaN fails both

@@ -6,6 +6,8 @@ auto dtype:  bfloat16 on CUDA where supported, else float16 (train.py adds a Gra
 
 import torch
 
+from configurator import UserError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # bf16 dense tensor-core peaks, FLOP/s, matched in order against torch.cuda.get_device_name()
@@ -31,7 +33,7 @@ PEAK_FLOPS = [
 
 
 def choose(device="", dtype="", flag="--device"):
-    """(device, dtype name) for the options as given ('' = automatic); ValueError says what is wrong, naming
+    """(device, dtype name) for the options as given ('' = automatic); UserError says what is wrong, naming
     the device option as flag."""
     if not device:
         device = (
@@ -39,20 +41,20 @@ def choose(device="", dtype="", flag="--device"):
         )
     kind = device.split(":")[0]
     if kind not in ("cuda", "mps", "cpu"):
-        raise ValueError(f"{flag}={device}: use cuda, cuda:N, mps or cpu (or leave it empty to choose)")
+        raise UserError(f"{flag}={device}: use cuda, cuda:N, mps or cpu (or leave it empty to choose)")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise UserError(
             f"{flag}={device}, but this machine has no CUDA GPU (or torch was built without CUDA): "
             f"use {flag}=cpu or leave {flag} empty"
         )
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{flag}={device}, but MPS is not available here: use {flag}=cpu")
+        raise UserError(f"{flag}={device}, but MPS is not available here: use {flag}=cpu")
     if not dtype:
         dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if kind == "cuda" else "float32"
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype={dtype}: use float32, bfloat16 or float16 (or leave it empty to choose)")
+        raise UserError(f"--dtype={dtype}: use float32, bfloat16 or float16 (or leave it empty to choose)")
     if dtype == "float16" and kind == "cpu":
-        raise ValueError("--dtype=float16 is for GPUs; on CPU use float32 (or bfloat16)")
+        raise UserError("--dtype=float16 is for GPUs; on CPU use float32 (or bfloat16)")
     return device, dtype
 
 

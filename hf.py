@@ -13,7 +13,7 @@ import shutil
 import torch
 
 import tokenizer
-from generate import DEFAULTS
+from configurator import SAMPLING, UserError
 from model import Llama, ModelConfig
 
 EXPORT_FILES = {
@@ -27,7 +27,7 @@ EXPORT_FILES = {
 }
 
 
-class HFError(ValueError):
+class HFError(UserError):
     pass
 
 
@@ -206,7 +206,7 @@ def write_export(checkpoint, path):
         os.path.join(path, "model.safetensors"),
         metadata={"format": "pt"},
     )
-    generation = {"bos_token_id": enc.eot_token, "eos_token_id": enc.eot_token, "do_sample": True, **DEFAULTS}
+    generation = {"bos_token_id": enc.eot_token, "eos_token_id": enc.eot_token, "do_sample": True, **SAMPLING}
     special = {
         "bos_token": tokenizer.EOT,
         "eos_token": tokenizer.EOT,
@@ -290,11 +290,11 @@ def read_hf_weights(path):
     raise HFError(f"{path} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def read_hf_config(path):
+def read_hf_config(path, flag="--hf_dir="):
     """config.json, checked to be a Llama this model can represent."""
     config_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
-        raise HFError(f"--hf_dir={path} is not a directory")
+        raise HFError(f"{flag}{path} is not a directory")
     if not os.path.isfile(config_path):
         raise HFError(f"{path} has no config.json: not a Hugging Face model directory")
     c = read_json(config_path)
@@ -344,9 +344,9 @@ def read_hf_config(path):
         raise HFError(f"{config_path}: {e}")
 
 
-def load_hf(path):
+def load_hf(path, flag="--hf_dir="):
     """(model, tokenizer spec) from a local HF Llama directory; what we cannot represent is refused."""
-    cfg = read_hf_config(path)
+    cfg = read_hf_config(path, flag)
     weights = from_hf_weights({k: v.float() for k, v in read_hf_weights(path).items()})
     if cfg.tie_embeddings:
         weights.setdefault("lm_head.weight", weights.get("embed_tokens.weight"))

@@ -7,7 +7,6 @@ hf.py splits them on export. RoPE uses HF's "rotate half" convention.
 """
 
 import math
-import os
 import sys
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ class ModelConfig:
     max_seq_len: int = 2048
     dropout: float = 0.0
     tie_embeddings: bool = False
-    attn_backend: str = "auto"  # auto | fa4 | fa2 | sdpa | math; the env LLAMA_ATTN_BACKEND overrides auto
+    attn_backend: str = "auto"  # auto | fa4 | fa2 | sdpa | math
 
     def __post_init__(self):
         self.n_kv_heads = self.n_kv_heads or self.n_heads
@@ -160,18 +159,14 @@ def _candidates(requested, q):
     return names
 
 
-def _requested(backend):
-    return os.environ.get("LLAMA_ATTN_BACKEND", "auto") if backend == "auto" else backend
-
-
 def causal_attention(q, k, v, backend="auto"):
     """Causal attention through the fastest kernel that is installed and accepts these inputs.
 
-    Order: an explicit backend (or LLAMA_ATTN_BACKEND) wins; else FlashAttention-4 on sm90+ in bf16/fp16,
+    Order: an explicit backend wins; else FlashAttention-4 on sm90+ in bf16/fp16,
     then FlashAttention-2, then torch's scaled_dot_product_attention. A missing package or a kernel that
     refuses the input falls through to the next.
     """
-    key = (_requested(backend), q.device.type, q.dtype)
+    key = (backend, q.device.type, q.dtype)
     if key not in _chosen:
         # imports and probes run once, eagerly, outside any graph torch.compile is tracing (wrapping the
         # function at import time instead would import torch._dynamo, 1.6 s, in every script)
@@ -190,7 +185,7 @@ def pick_attention_backend(config, device, dtype):
     probe = torch.zeros(1, 8, config.n_heads, config.head_dim, device=device, dtype=dtype)
     kv = probe[:, :, : config.n_kv_heads]
     causal_attention(probe, kv, kv, config.attn_backend)
-    return _chosen[(_requested(config.attn_backend), probe.device.type, dtype)]
+    return _chosen[(config.attn_backend, probe.device.type, dtype)]
 
 
 def _choose_backend(backend, q, k, v):

@@ -7,13 +7,12 @@
 Every story is followed by <|endoftext|>. Local inputs may be .txt (stories separated by <|endoftext|>
 lines, the official layout), .json / .jsonl / .parquet with a `text` column, or the JSON shards of
 TinyStories_all_data.tar.gz (a `story` field). Outputs are written under temporary names and renamed
-at the end, so a failed run never replaces good data.
+at the end, so a failed or interrupted run never replaces good data.
 """
 
-import codecs
-import glob
 import json
 import os
+import signal
 from collections import Counter, deque
 from multiprocessing import Pool
 
@@ -21,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 import tokenizer
-from configurator import configure, fail
+from configurator import configure
+from data import DataError, expand_inputs, read_files, read_hf
 
 # -----------------------------------------------------------------------------
 input = ""  # local files: paths or globs, comma-separated; empty: download `dataset`
@@ -32,168 +32,12 @@ out_dir = "data/tinystories"
 vocab_size = 0  # 0: GPT-2's tokenizer; N: train a byte-level BPE with N ids on the train split
 num_proc = os.cpu_count()
 # -----------------------------------------------------------------------------
-BATCH_BYTES = 2 << 20  # text per job sent to a worker, from .txt files
-BATCH_STORIES = 2000  # stories per job, from the other formats
-EXTENSIONS = (".txt", ".json", ".jsonl", ".parquet")
-
-
-class PrepareError(Exception):
-    """Bad input or options: main() reports it with one line."""
-
-
-def expand_inputs(spec):
-    """The files a comma-separated list of paths or globs names, checked before any work starts."""
-    files = []
-    for pattern in filter(None, (p.strip() for p in spec.split(","))):
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise PrepareError(f"no file matches '{pattern}'")
-        files += matches
-    for path in files:
-        if os.path.isdir(path):
-            raise PrepareError(f"input '{path}' is a directory: name its files, e.g. --input='{path}/*.txt'")
-        if not os.path.isfile(path):
-            raise PrepareError(f"input file '{path}' not found")
-        if not path.endswith(EXTENSIONS):
-            raise PrepareError(f"'{path}' has an unsupported extension: use {', '.join(EXTENSIONS)}")
-    return files
-
-
-def record_text(record, path):
-    for field in ("text", "story"):
-        if isinstance(record, dict) and isinstance(record.get(field), str):
-            return record[field]
-    raise PrepareError(f"'{path}' has a record with no 'text' column (nor 'story' field): {str(record)[:80]}")
-
-
-def batches(texts, size=BATCH_STORIES):
-    batch = []
-    for text in texts:
-        batch.append(text)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def read_txt(path):
-    """Stories of the official layout, split on <|endoftext|> a block at a time."""
-    rest = ""
-    with open(path, encoding="utf-8") as f:
-        while block := f.read(BATCH_BYTES):
-            *stories, rest = (rest + block).split(tokenizer.EOT)
-            yield [s.strip() for s in stories if s.strip()]
-    if rest.strip():
-        yield [rest.strip()]
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            if e.msg == "Extra data":  # JSON lines saved as .json, as datasets' to_json writes them
-                yield from read_jsonl(path)
-                return
-            raise PrepareError(f"'{path}' is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
-    if isinstance(data, dict):  # column-oriented: {"text": [...]}
-        texts = data.get("text")
-        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
-            raise PrepareError(f"'{path}' has no 'text' column of strings")
-        yield from batches(texts)
-    elif isinstance(data, list):
-        yield from batches(record_text(record, path) for record in data)
-    else:
-        raise PrepareError(f"'{path}' holds no records: expected a list of objects with a 'text' field")
-
-
-def jsonl_records(path):
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PrepareError(
-                        f"'{path}' line {number} is not valid JSON: {e.msg} at column {e.colno}"
-                    )
-
-
-def read_jsonl(path):
-    yield from batches(record_text(record, path) for record in jsonl_records(path))
-
-
-def read_parquet(path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except pa.ArrowException as e:
-        raise PrepareError(f"'{path}' is not a readable parquet file ({e})")
-    if "text" not in parquet.schema_arrow.names:
-        raise PrepareError(
-            f"'{path}' has no 'text' column (columns: {', '.join(parquet.schema_arrow.names)})"
-        )
-    text_type = parquet.schema_arrow.field("text").type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-        raise PrepareError(f"'{path}' has a 'text' column of {text_type}, not of strings")
-    for batch in parquet.iter_batches(batch_size=BATCH_STORIES, columns=["text"]):
-        if batch.column("text").null_count:
-            raise PrepareError(f"'{path}' has a missing (null) 'text' value")
-        yield batch.column("text").to_pylist()
-
-
-def first_non_utf8_byte(path):
-    """(byte, offset) where path stops being UTF-8 text, or None."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(BATCH_BYTES)
-            pending = len(decoder.getstate()[0])  # the start of a character split across blocks
-            try:
-                decoder.decode(block, final=not block)
-            except UnicodeDecodeError as e:
-                return e.object[e.start], offset - pending + e.start
-            if not block:
-                return None
-            offset += len(block)
-
-
-def read_files(files):
-    readers = {".txt": read_txt, ".json": read_json, ".jsonl": read_jsonl, ".parquet": read_parquet}
-    for path in files:
-        try:
-            yield from readers[os.path.splitext(path)[1]](path)
-        except UnicodeDecodeError:
-            where = first_non_utf8_byte(path)
-            detail = f" (byte 0x{where[0]:02x} at offset {where[1]})" if where else ""
-            raise PrepareError(f"'{path}' is not UTF-8 text{detail}: convert it to UTF-8")
-        except OSError as e:
-            raise PrepareError(f"could not read '{path}': {e.strerror}")
-
-
-def read_hf(split):
-    """The real download path: a Hugging Face dataset split's text column, in batches."""
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(dataset, split=split)
-    except Exception as e:  # offline, unknown name: say what to do instead of a long traceback
-        raise PrepareError(
-            f"could not load dataset '{dataset}' split '{split}' "
-            f"({type(e).__name__}: {str(e)[:200]}). Offline? Pass local files with --input=PATH"
-        )
-    for batch in ds.iter(batch_size=BATCH_STORIES):
-        yield batch["text"]
 
 
 def plan():
     """(batches of stories, val_fraction) for each source: 0 sends all to train, 1 all to val."""
     if not input:
-        return [(read_hf("train"), 0.0), (read_hf("validation"), 1.0)]
+        return [(read_hf(dataset, "train"), 0.0), (read_hf(dataset, "validation"), 1.0)]
     if val_input:
         return [(read_files(expand_inputs(input)), 0.0), (read_files(expand_inputs(val_input)), 1.0)]
     return [(read_files(expand_inputs(input)), val_fraction)]
@@ -219,9 +63,11 @@ def split_stories(stories, first, fraction):
 _encoding = None
 
 
-def init_worker(spec):
+def init_worker(spec=None):
+    """A worker leaves Ctrl-C to the main process, which stops them all and cleans up."""
     global _encoding
-    _encoding = tokenizer.load_tokenizer(spec)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _encoding = tokenizer.load_tokenizer(spec) if spec else None
 
 
 def encode_job(stories, first, fraction):
@@ -253,12 +99,15 @@ def run_ordered(pool, fn, jobs, window):
 
 def train_tokenizer():
     counts = Counter()
-    with Pool(num_proc) as pool, tqdm(desc="counting pre-tokens", unit=" stories") as progress:
+    with (
+        Pool(num_proc, initializer=init_worker) as pool,
+        tqdm(desc="counting pre-tokens", unit=" stories") as bar,
+    ):
         for part, n_stories in run_ordered(pool, count_job, numbered(plan()), 2 * num_proc):
             counts.update(part)
-            progress.update(n_stories)
+            bar.update(n_stories)
     if not counts:
-        raise PrepareError("the corpus is empty: no training stories found")
+        raise DataError("the corpus is empty: no training stories found")
     print(f"training a {vocab_size}-id BPE on {len(counts):,} distinct pre-tokens...")
     ranks = tokenizer.train_bpe(counts, vocab_size)
     if len(ranks) + 1 < vocab_size:
@@ -266,12 +115,12 @@ def train_tokenizer():
     return tokenizer.bpe_spec(ranks)
 
 
-def write_splits(spec):
-    """Streams the token ids into OUT_DIR/{train,val}.bin.tmp; returns each split's counts."""
+def write_splits(spec, paths):
+    """Streams the token ids into the temporary files paths["train"], paths["val"]; each split's counts."""
     stats = {split: {"stories": 0, "tokens": 0, "bytes": 0} for split in ("train", "val")}
     with (
-        open(os.path.join(out_dir, "train.bin.tmp"), "wb") as train_file,
-        open(os.path.join(out_dir, "val.bin.tmp"), "wb") as val_file,
+        open(paths["train"], "wb") as train_file,
+        open(paths["val"], "wb") as val_file,
         Pool(num_proc, initializer=init_worker, initargs=(spec,)) as pool,
         tqdm(desc="tokenizing", unit="B", unit_scale=True) as progress,
     ):
@@ -287,89 +136,74 @@ def write_splits(spec):
     return stats
 
 
-def remove_temporary_files(outputs):
-    for path in outputs:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
-
-
-def prepare_dataset():
-    if not 0 < val_fraction < 1:
-        raise PrepareError(f"--val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+def prepare():
+    """The dataset, written under temporary names and renamed into place only when it is whole."""
     if val_fraction > 0.5:  # then the train split gets fewer stories than the val split
-        raise PrepareError(
+        raise DataError(
             f"--val_fraction={val_fraction} holds out more stories than it leaves for training: "
             "use a smaller --val_fraction (at most 0.5; the default is 0.05)"
         )
-    if vocab_size != 0 and not 257 <= vocab_size <= tokenizer.MAX_VOCAB:
-        raise PrepareError(
-            f"--vocab_size={vocab_size} is out of range: use 0 for GPT-2's tokenizer, or 257 to "
-            f"{tokenizer.MAX_VOCAB} (256 bytes plus <|endoftext|>; ids are stored as uint16)"
-        )
-    if num_proc < 1:
-        raise PrepareError(f"--num_proc={num_proc} must be at least 1")
     if input:
         expand_inputs(input)
         expand_inputs(val_input)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise PrepareError(f"--out_dir={out_dir} is a file, not a directory: choose another --out_dir")
+        raise DataError(f"--out_dir={out_dir} is a file, not a directory: choose another --out_dir")
     created = not os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
-        raise PrepareError(f"cannot create --out_dir={out_dir}: {e.strerror}")
-    outputs = [os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")]
-    remove_temporary_files(outputs)  # a killed run's leftovers: free their space before writing
+        raise DataError(f"cannot create --out_dir={out_dir}: {e.strerror}")
+    final = {name: os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")}
+    tmp = {name: path + ".tmp" for name, path in final.items()}
     try:
+        for path in tmp.values():  # a killed run's leftovers: free their space before writing
+            if os.path.exists(path):
+                os.remove(path)
         spec = train_tokenizer() if vocab_size else tokenizer.gpt2_spec()
         encoding = tokenizer.load_tokenizer(spec)
-        stats = write_splits(spec)
+        stats = write_splits(spec, {"train": tmp["train.bin"], "val": tmp["val.bin"]})
         for split, counts in stats.items():
             if counts["stories"] == 0:
-                hint = (
-                    "use more stories or a larger --val_fraction"
-                    if split == "val" and input and not val_input
-                    else "check the input files"
-                )
-                raise PrepareError(f"the {split} split is empty: no stories found ({hint})")
+                fewer = split == "val" and input and not val_input
+                hint = "use more stories or a larger --val_fraction" if fewer else "check the input files"
+                raise DataError(f"the {split} split is empty: no stories found ({hint})")
         meta = {
             "tokenizer": spec,
             "vocab_size": encoding.n_vocab,
             "eot_id": encoding.eot_token,
             "dtype": "uint16",
-            **stats,
         }
-        with open(outputs[2] + ".tmp", "w") as f:
-            json.dump(meta, f, indent=1)
-        for path in outputs:
-            os.replace(path + ".tmp", path)
+        with open(tmp["meta.json"], "w") as f:
+            json.dump({**meta, **stats}, f, indent=1)
+        for name, path in final.items():
+            os.replace(tmp[name], path)
     except OSError as e:  # a full disk: the old files are still there, the new ones are removed below
-        raise PrepareError(
-            f"could not write the dataset to {out_dir}: {e.strerror}; nothing there was replaced"
-        )
+        raise DataError(f"could not write the dataset to {out_dir}: {e.strerror}; nothing there was replaced")
+    except KeyboardInterrupt:
+        raise DataError(f"interrupted; nothing in {out_dir} was replaced") from None
     finally:
-        remove_temporary_files(outputs)
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
         if created and not os.listdir(out_dir):  # a failed first run leaves nothing behind
             os.rmdir(out_dir)
     for split in ("train", "val"):
         s = stats[split]
         print(
             f"{split}: {s['stories']:,} stories, {s['tokens']:,} tokens, {s['bytes']:,} bytes "
-            f"({s['bytes'] / s['tokens']:.2f} bytes/token) -> {os.path.join(out_dir, split + '.bin')}"
+            f"({s['bytes'] / s['tokens']:.2f} bytes/token) -> {final[split + '.bin']}"
         )
     print(
         f"tokenizer: {tokenizer.spec_kind(spec)}, vocab_size {encoding.n_vocab}, end-of-text id {encoding.eot_token}"
     )
 
 
-def main(argv=None):
-    """The command line: options, then the dataset; a mistake ends in one line, after the progress bars close."""
-    configure(globals(), argv)
-    try:
-        prepare_dataset()
-    except (PrepareError, tokenizer.TokenizerError) as e:
-        fail(str(e))
-
-
+# multiprocessing starts its workers (on macOS and Windows) by importing this file: only the main process runs
 if __name__ == "__main__":
-    main()
+    checks = {"val_fraction": "(0, 1)", "vocab_size": f"[0, {tokenizer.MAX_VOCAB}]", "num_proc": "[1, inf)"}
+    configure(globals(), checks=checks)
+    if 0 < vocab_size < 257:
+        raise DataError(
+            f"--vocab_size={vocab_size}: use 0 for GPT-2's tokenizer, or 257 to {tokenizer.MAX_VOCAB}"
+        )
+    prepare()

@@ -24,6 +24,7 @@ import queue
 import random
 import select
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -33,21 +34,9 @@ from urllib.parse import urlsplit
 
 import torch
 
-import tokenizer
-from checkpoint import CheckpointError, load_model
-from configurator import configure, fail
-from device import DTYPES, choose
-from generate import (
-    DEFAULTS,
-    check_compile,
-    check_quantize,
-    check_settings,
-    decode_step,
-    encode_prompt,
-    prepare_for_decoding,
-    stream,
-)
-from hf import HFError
+from configurator import SAMPLING, SAMPLING_CHECKS, check_value, configure, fail
+from fastdecode import QUANTIZE, load_for_decoding
+from generate import encode_prompt, stream
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # the training run to serve
@@ -60,35 +49,24 @@ dtype = ""  # '' picks bfloat16 on CUDA where supported, else float32
 max_tokens_limit = 1024  # the most new tokens one request may ask for
 max_requests = 64  # requests generating at once; more are answered 503
 quantize = ""  # CPU: '', bf16 or int8 (as sample.py's): the matrices in fewer bytes, for speed
-compile = None  # the compiled decode step (as sample.py's): None uses it when built for this checkpoint, True builds it at start, False never
+compile = None  # the compiled decode step (as sample.py's); True builds it at start
 # -----------------------------------------------------------------------------
-configure(globals())
+checks = {
+    "port": "[0, 65535]",
+    "max_tokens_limit": SAMPLING_CHECKS["max_new_tokens"],
+    "max_requests": "[1, inf)",
+}
+configure(globals(), checks={**checks, "compile": (None, True, False), "quantize": QUANTIZE})
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.html")
 BUFFER = 256  # text events a request may have waiting for its client before its generation pauses
 MAX_BODY = 1 << 20  # bytes of JSON a request may send
-GENERATE_FIELDS = (
-    "prompt",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "max_tokens",
-    "seed",
-    "stop",
-)
+SETTINGS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_tokens", "seed")
+GENERATE_FIELDS = ("prompt", *SETTINGS, "stop")
 OPENAI_FIELDS = ("model", *GENERATE_FIELDS, "stream", "stream_options", "user")
 # OpenAI fields this server does not implement: accepted only with the value that changes nothing
-OPENAI_NEUTRAL = {
-    "n": 1,
-    "best_of": 1,
-    "echo": False,
-    "logprobs": None,
-    "logit_bias": None,
-    "suffix": None,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
-}
+OPENAI_NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "logit_bias": None, "suffix": None}
+OPENAI_NEUTRAL |= {"presence_penalty": 0, "frequency_penalty": 0}
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object"}
 OPENAI_FINISH = {"eot": "stop", "stop": "stop", "length": "length"}
 
@@ -140,34 +118,93 @@ class Job:
 
     def finish(self, reason):
         seconds = time.perf_counter() - self.began
-        figures = {
-            "tokens": self.count,
-            "prompt_tokens": len(self.prompt_ids),
-            "seconds": round(seconds, 4),
+        figures = {"tokens": self.count, "prompt_tokens": len(self.prompt_ids), "seconds": round(seconds, 4)}
+        figures |= {
             "tokens_per_s": round(self.count / seconds, 1),
             "first_token_s": round(self.first_token_s, 4),
-            "finish_reason": reason,
-            "seed": self.settings["seed"],
         }
+        figures |= {"finish_reason": reason, "seed": self.settings["seed"]}
         self.events.put(("done", {**figures, **({"warning": self.warning} if self.warning else {})}))
 
 
-class Worker(threading.Thread):
-    """Owns the model and runs every request: one token of each active request in turn."""
+class Service:
+    """The model and its limits: checks requests into jobs, and runs every job in one worker thread that
+    takes one token of each active job in turn."""
 
-    def __init__(self):
-        super().__init__(daemon=True)
+    def __init__(self, model, enc, step, facts, max_tokens_limit, max_requests):
+        self.model, self.enc, self.step, self.facts = model, enc, step, facts
+        self.max_tokens_limit, self.max_requests = max_tokens_limit, max_requests
+        self.started = int(time.time())
         self.lock = threading.Condition()
         self.incoming, self.in_flight = [], 0
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def defaults(self):
+        return {
+            **{k: SAMPLING[k] for k in SETTINGS[:4]},
+            "max_tokens": min(SAMPLING["max_new_tokens"], self.max_tokens_limit),
+        }
+
+    def health(self):
+        limits = {"max_requests": self.max_requests, "max_tokens_limit": self.max_tokens_limit}
+        return {
+            "status": "ok",
+            "model": {
+                k: v for k, v in self.facts.items() if k not in ("device", "dtype", "quantize", "spec")
+            },
+            **{k: self.facts[k] for k in ("device", "dtype", "quantize")},
+            "requests_in_flight": self.in_flight,
+            **limits,
+            "scheduling": "queued and interleaved one token at a time",
+            "defaults": self.defaults(),
+        }
+
+    def new_job(self, body, openai):
+        """The Job a request body asks for, every field checked; ApiError (400) names the first bad one."""
+        if not isinstance(body, dict):
+            raise ApiError(400, f"the body must be a JSON object, not {json.dumps(body)[:40]}")
+        fields = OPENAI_FIELDS if openai else GENERATE_FIELDS
+        for name, value in body.items():
+            if openai and name in OPENAI_NEUTRAL:
+                if value is not None and value != OPENAI_NEUTRAL[name]:
+                    only = f"{name}={json.dumps(OPENAI_NEUTRAL[name])}"
+                    raise ApiError(
+                        400,
+                        f"{name}={json.dumps(value)[:40]} is not supported: this server takes only {only}",
+                        name,
+                    )
+            elif name not in fields:
+                raise ApiError(400, f"unknown field {name!r}; supported: {', '.join(fields)}", name)
+        defaults = {**self.defaults(), "seed": random.randrange(2**31)}  # unseeded: a new story each time
+        settings = {
+            name: read_field(body, name, type(default), default) for name, default in defaults.items()
+        }
+        limit = f"[1, {self.max_tokens_limit}]"  # this server's --max_tokens_limit
+        for name, value in settings.items():
+            problem = check_value(value, limit if name == "max_tokens" else SAMPLING_CHECKS[name])
+            if problem:
+                raise ApiError(
+                    400,
+                    f"{name}={value}{problem}" + (" (--max_tokens_limit)" if name == "max_tokens" else ""),
+                    name,
+                )
+        stop = body.get("stop") or []
+        settings["stop"] = [stop] if isinstance(stop, str) else stop
+        if not (
+            isinstance(settings["stop"], list)
+            and len(settings["stop"]) <= 4
+            and all(isinstance(s, str) and s for s in settings["stop"])
+        ):
+            raise ApiError(400, "stop must be a string or a list of at most 4 strings, none empty", "stop")
+        prompt = read_field(body, "prompt", str, "")
+        prompt_ids, warning = encode_prompt(self.enc, prompt, self.model.config.max_seq_len)  # as sample.py
+        return Job(prompt_ids, settings, warning)
 
     def submit(self, job):
         with self.lock:
-            if self.in_flight >= max_requests:
-                raise ApiError(
-                    503,
-                    f"the server is busy: {max_requests} requests are generating "
-                    "(--max_requests); try again shortly",
-                )
+            if self.in_flight >= self.max_requests:
+                busy = f"{self.max_requests} requests are generating (--max_requests)"
+                raise ApiError(503, f"the server is busy: {busy}; try again shortly")
             self.in_flight += 1
             self.incoming.append(job)
             self.lock.notify()
@@ -186,7 +223,7 @@ class Worker(threading.Thread):
                 elif job.events.qsize() < BUFFER:  # else its client is behind: skip it this round
                     stepped = True
                     try:
-                        if self.step(job):
+                        if self.next_token(job):
                             ended.append(job)
                     except Exception as e:  # a failed request must not stop the others
                         traceback.print_exc()
@@ -201,31 +238,21 @@ class Worker(threading.Thread):
             if active and not stepped:  # every client is behind: give them time to read
                 time.sleep(0.005)
 
-    def step(self, job):
+    def next_token(self, job):
         """Samples job's next token and sends its text; True when the job has finished."""
-        s = job.settings
+        s, eot = job.settings, self.enc.eot_token
         if job.tokens is None:
-            idx = torch.tensor([job.prompt_ids], device=device)
-            job.tokens = stream(
-                model,
-                idx,
-                s["max_tokens"],
-                s["temperature"],
-                s["top_k"],
-                s["top_p"],
-                s["repetition_penalty"],
-                enc.eot_token,
-                s["seed"],
-                step=compiled_step,
-            )
+            idx = torch.tensor([job.prompt_ids], device=self.model.embed_tokens.weight.device)
+            sampling = [s[k] for k in ("temperature", "top_k", "top_p", "repetition_penalty")]
+            job.tokens = stream(self.model, idx, s["max_tokens"], *sampling, eot, s["seed"], step=self.step)
         token = int(next(job.tokens))
         if job.first_token_s is None:
             job.first_token_s = time.perf_counter() - job.began
-        if token == enc.eot_token:
+        if token == eot:
             reason = "eot"
         else:
             job.count += 1
-            job.text += job.decoder.decode(enc.decode_single_token_bytes(token))
+            job.text += job.decoder.decode(self.enc.decode_single_token_bytes(token))
             reason = "length" if job.count == s["max_tokens"] else None
         if reason:
             job.text += job.decoder.decode(b"", final=True)
@@ -236,91 +263,21 @@ class Worker(threading.Thread):
         return reason is not None
 
 
-def new_job(body, openai):
-    """The Job a request body asks for, every field checked; ApiError (400) names the first bad one."""
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the body must be a JSON object, not {json.dumps(body)[:40]}")
-    fields = OPENAI_FIELDS if openai else GENERATE_FIELDS
-    for name, value in body.items():
-        if openai and name in OPENAI_NEUTRAL:
-            if value is not None and value != OPENAI_NEUTRAL[name]:
-                raise ApiError(
-                    400,
-                    f"{name}={json.dumps(value)[:40]} is not supported: this server takes only "
-                    f"{name}={json.dumps(OPENAI_NEUTRAL[name])}",
-                    name,
-                )
-        elif name not in fields:
-            raise ApiError(400, f"unknown field {name!r}; supported: {', '.join(fields)}", name)
-    prompt = read_field(body, "prompt", str, "")
-    settings = {
-        name: read_field(body, name, float, DEFAULTS[name])
-        for name in ("temperature", "top_p", "repetition_penalty")
-    }
-    settings["top_k"] = read_field(body, "top_k", int, DEFAULTS["top_k"])
-    settings["max_tokens"] = read_field(
-        body, "max_tokens", int, min(DEFAULTS["max_new_tokens"], max_tokens_limit)
-    )
-    if not 1 <= settings["max_tokens"] <= max_tokens_limit:
-        raise ApiError(
-            400,
-            f"max_tokens={settings['max_tokens']} must be in [1, {max_tokens_limit}] "
-            "(this server's --max_tokens_limit)",
-            "max_tokens",
-        )
-    try:
-        check_settings(
-            settings["temperature"],
-            settings["top_k"],
-            settings["top_p"],
-            settings["repetition_penalty"],
-            settings["max_tokens"],
-        )
-    except ValueError as e:
-        raise ApiError(400, str(e), str(e).split("=")[0])
-    settings["seed"] = read_field(
-        body, "seed", int, random.randrange(2**31)
-    )  # unseeded: a new story each time
-    if not 0 <= settings["seed"] < 2**63:
-        raise ApiError(400, f"seed={settings['seed']} must be in [0, 2**63)", "seed")
-    stop = body.get("stop") or []
-    settings["stop"] = [stop] if isinstance(stop, str) else stop
-    if not (
-        isinstance(settings["stop"], list)
-        and len(settings["stop"]) <= 4
-        and all(isinstance(s, str) and s for s in settings["stop"])
-    ):
-        raise ApiError(400, "stop must be a string or a list of at most 4 strings, none empty", "stop")
-    prompt_ids, warning = encode_prompt(enc, prompt, model.config.max_seq_len)  # as sample.py
-    return Job(prompt_ids, settings, warning)
-
-
-def health():
-    return {
-        "status": "ok",
-        "model": MODEL_FACTS,
-        "device": device,
-        "dtype": dtype,
-        "quantize": quantize,
-        "requests_in_flight": worker.in_flight,
-        "max_requests": max_requests,
-        "max_tokens_limit": max_tokens_limit,
-        "scheduling": "queued and interleaved one token at a time",
-        "defaults": {
-            **{k: DEFAULTS[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty")},
-            "max_tokens": min(DEFAULTS["max_new_tokens"], max_tokens_limit),
-        },
-    }
-
-
 def sse(data, event=None):
     return (f"event: {event}\n" if event else "").encode() + b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
 class Server(ThreadingHTTPServer):
-    request_queue_size = (
-        128  # socketserver's 5 drops connections that arrive together: their clients retry 1 s later
-    )
+    request_queue_size = 128  # socketserver's 5 drops connections that arrive together: they retry 1 s later
+
+    def __init__(self, address, service):
+        super().__init__(address, Handler)
+        self.service = service
+
+    def handle_error(self, request, client_address):
+        """A client that resets its connection is nothing to report; anything else is a bug, with its traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -335,9 +292,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, method):
         path = urlsplit(self.path).path
+        self.service = self.server.service
         routes = {
             "/": ("GET", self.page),
-            "/health": ("GET", lambda: self.send_json(200, health())),
+            "/health": ("GET", lambda: self.send_json(200, self.service.health())),
             "/generate": ("POST", self.generate),
             "/v1/models": ("GET", self.models),
             "/v1/completions": ("POST", self.completions),
@@ -347,11 +305,8 @@ class Handler(BaseHTTPRequestHandler):
         )
         try:
             if path not in routes:
-                raise ApiError(
-                    404,
-                    f"no route {path}; the routes are "
-                    + ", ".join(f"{m} {p}" for p, (m, _) in routes.items()),
-                )
+                listed = ", ".join(f"{m} {p}" for p, (m, _) in routes.items())
+                raise ApiError(404, f"no route {path}; the routes are {listed}")
             if method != routes[path][0]:
                 raise ApiError(405, f"{path} takes {routes[path][0]}, not {method}")
             routes[path][1]()
@@ -362,9 +317,8 @@ class Handler(BaseHTTPRequestHandler):
             if self.started:
                 self.close_connection = True
             else:
-                self.send_error_json(
-                    ApiError(500, f"internal error: {type(e).__name__}: {e}"), path.startswith("/v1/")
-                )
+                internal = ApiError(500, f"internal error: {type(e).__name__}: {e}")
+                self.send_error_json(internal, path.startswith("/v1/"))
 
     # ------------------------------------------------------------------------- responses
 
@@ -382,12 +336,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_error_json(self, error, openai):
         kind = "invalid_request_error" if error.status < 500 else "server_error"
-        body = (
-            {"error": {"message": error.message, "type": kind, "param": error.param, "code": None}}
-            if openai
-            else {"error": error.message}
-        )
-        self.send_json(error.status, body, close=True)  # the request body may be unread: start afresh
+        detail = {"message": error.message, "type": kind, "param": error.param, "code": None}
+        self.send_json(
+            error.status, {"error": detail if openai else error.message}, close=True
+        )  # start afresh
 
     def start_stream(self):
         self.send_response(200)
@@ -403,15 +355,18 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def read_json(self):
+        kind = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise ApiError(415, f"the body is JSON: send it with Content-Type: application/json, not {kind}")
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):  # '²' is a digit to str.isdigit, not to int()
             raise ApiError(411, "send the JSON body with a Content-Length header")
         if int(length) > MAX_BODY:
             raise ApiError(413, f"the body has {length} bytes; the limit is {MAX_BODY}")
         try:
             return json.loads(self.rfile.read(int(length)))
-        except ValueError as e:  # also bytes that are not UTF-8
-            raise ApiError(400, f"the body is not valid JSON ({e})")
+        except (ValueError, RecursionError) as e:  # also bytes that are not UTF-8, or nesting too deep
+            raise ApiError(400, f"the body is not valid JSON ({type(e).__name__}: {str(e)[:100]})")
 
     # ------------------------------------------------------------------------- a job's events
 
@@ -439,7 +394,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def run_job(self, job, send):
         """Submits job and passes its events to send; a client that goes away cancels it."""
-        worker.submit(job)
+        self.service.submit(job)
         try:
             for kind, value in self.events(job):
                 send(kind, value)
@@ -461,7 +416,7 @@ class Handler(BaseHTTPRequestHandler):
         self.started = True
 
     def generate(self):
-        job = new_job(self.read_json(), openai=False)
+        job = self.service.new_job(self.read_json(), openai=False)
 
         def send(kind, value):
             if not self.started:
@@ -479,30 +434,23 @@ class Handler(BaseHTTPRequestHandler):
         self.run_job(job, send)
 
     def models(self):
-        self.send_json(
-            200,
-            {
-                "object": "list",
-                "data": [
-                    {"id": MODEL_ID, "object": "model", "created": STARTED, "owned_by": "tinyllama-stories"}
-                ],
-            },
-        )
+        model = {"id": self.service.facts["id"], "object": "model", "created": self.service.started}
+        self.send_json(200, {"object": "list", "data": [{**model, "owned_by": "tinyllama-stories"}]})
 
     def completions(self):
         body = self.read_json()
-        job = new_job(body, openai=True)
+        job = self.service.new_job(body, openai=True)
         streaming = read_field(body, "stream", bool, False)
         options = read_field(body, "stream_options", dict, {})
         if set(options) - {"include_usage"} or not isinstance(options.get("include_usage", False), bool):
             raise ApiError(400, "stream_options takes only include_usage (true or false)", "stream_options")
-        read_field(body, "model", str, MODEL_ID)  # any name: this server has one model
+        read_field(body, "model", str, "")  # any name: this server has one model
         read_field(body, "user", str, "")
         base = {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
             "created": int(time.time()),
-            "model": MODEL_ID,
+            "model": self.service.facts["id"],
         }
 
         def completion(text, figures=None):
@@ -555,41 +503,14 @@ class Handler(BaseHTTPRequestHandler):
 
 # ----------------------------------------------------------------------------- start
 
+model, enc, facts, step = load_for_decoding(
+    out_dir, ckpt, hf_dir, device, dtype, quantize, compile, batch_size=1
+)
+facts = {"id": os.path.basename(os.path.normpath(hf_dir or out_dir)), **facts, "quantize": quantize}
 try:
-    check_compile(compile)
-    device, dtype = choose(device, dtype)
-    check_quantize(quantize, device)
-except ValueError as e:
-    fail(str(e))
-if not 0 <= port <= 65535:
-    fail(f"--port={port} must be in [0, 65535]")
-if max_tokens_limit < 1:
-    fail(f"--max_tokens_limit={max_tokens_limit} must be at least 1")
-if max_requests < 1:
-    fail(f"--max_requests={max_requests} must be at least 1")
-try:
-    model, spec, facts = load_model(out_dir, ckpt, hf_dir)
-    enc = tokenizer.load_tokenizer(spec)
-except (CheckpointError, HFError, tokenizer.TokenizerError) as e:
-    fail(str(e))
-MODEL_ID = os.path.basename(os.path.normpath(hf_dir or out_dir))
-MODEL_FACTS = {
-    "id": MODEL_ID,
-    "parameters": model.num_params(),
-    "context": model.config.max_seq_len,
-    "vocab_size": model.config.vocab_size,
-    "tokenizer": tokenizer.spec_kind(spec),
-    **facts,
-}
-STARTED = int(time.time())
-model = prepare_for_decoding(model.to(device=device, dtype=DTYPES[dtype]), quantize)
-compiled_step = decode_step(model, 1, compile)  # each request decodes alone, one step at a time in turn
-try:
-    server = Server((host, port), Handler)
+    server = Server((host, port), Service(model, enc, step, facts, max_tokens_limit, max_requests))
 except (OSError, OverflowError) as e:  # a busy port, an unknown host
     fail(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}")
-worker = Worker()
-worker.start()
 print(f"serving {facts['source']} at http://{host}:{server.server_port}", flush=True)
 try:
     server.serve_forever()

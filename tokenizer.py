@@ -20,6 +20,8 @@ import regex
 import tiktoken
 import tiktoken.load
 
+from configurator import UserError
+
 EOT = "<|endoftext|>"
 # GPT-2's pre-tokenization pattern (tiktoken's r50k_pat_str)
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -30,7 +32,7 @@ MAX_VOCAB = 65535  # ids are stored as uint16
 _pretokenizer = regex.compile(GPT2_PATTERN)
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     pass
 
 

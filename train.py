@@ -10,7 +10,6 @@ out_dir/ckpt.pt is the latest full state (for --init_from=resume); out_dir/best.
 """
 
 import gc
-import json
 import math
 import os
 import signal
@@ -24,11 +23,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import tokenizer
+import runs
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import configure, fail
+from data import TrainingData
 from device import DTYPES, choose, peak_flops
+from fastdecode import compiler_cache_writable
 from model import BackendError, Llama, ModelConfig, pick_attention_backend
+from tokenizer import spec_kind
 
 # -----------------------------------------------------------------------------
 # data and output
@@ -36,6 +38,7 @@ out_dir = "out"
 data_dir = "data/tinystories"
 init_from = "scratch"  # 'scratch', 'resume' (out_dir/ckpt.pt), 'auto' (resume if it exists) or 'hf:PATH'
 overwrite = False  # True: a scratch run may replace the checkpoint already in out_dir
+allow_code_change = False  # True: resume although model.py changed since the checkpoint was written
 eval_interval = 250
 eval_iters = 20  # batches in the fixed validation set
 log_interval = 10  # also how often the ranks agree on stopping: the only host syncs between evals
@@ -69,10 +72,10 @@ grad_clip = 1.0  # 0: off
 embedding_lr_scale = 5.0  # the token embedding's lr is learning_rate times this (AdamW)
 muon_momentum = 0.95
 muon_momentum_warmup = 100  # muon: iterations over which momentum rises linearly from 0.85 to muon_momentum
-lr_schedule = "wsd"  # 'cosine', 'wsd' (warmup, stable, linear decay), 'onecycle' or 'constant'
+lr_schedule = "wsd"  # 'wsd' (warmup, stable, linear decay), 'cosine' or 'onecycle'
 warmup_iters = 100
 lr_decay_iters = 0  # cosine: iterations until min_lr; 0: max_iters
-decay_fraction = 0.4  # wsd: the last fraction of max_iters decays linearly to min_lr
+decay_fraction = 0.4  # wsd: the last fraction of max_iters decays linearly to min_lr (0: a constant lr)
 min_lr = 0.0
 # system
 device = ""  # '' picks cuda, then mps, then cpu
@@ -80,18 +83,22 @@ dtype = ""  # '' picks bfloat16 where supported, else float16 (with a GradScaler
 compile = torch.cuda.is_available()  # torch.compile: on by default on CUDA only
 seed = 1337
 # -----------------------------------------------------------------------------
-SHAPE = (
-    "dim",
-    "n_layers",
-    "n_heads",
-    "n_kv_heads",
-    "hidden_dim",
-    "multiple_of",
-    "rope_theta",
-    "tie_embeddings",
-)
+SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "multiple_of", "max_seq_len", "rope_theta")
+SHAPE += ("tie_embeddings",)
 shape_defaults = {key: globals()[key] for key in SHAPE}
-config = configure(globals())
+positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval")
+positive += ("block_size", "dim", "n_layers", "n_heads", "multiple_of")
+checks = dict.fromkeys(positive, "[1, inf)")
+checks |= dict.fromkeys(("max_iters", "warmup_iters", "lr_decay_iters", "muon_momentum_warmup"), "[0, inf)")
+checks |= dict.fromkeys(
+    ("n_kv_heads", "hidden_dim", "max_seq_len", "min_lr", "weight_decay", "grad_clip"), "[0, inf)"
+)
+checks |= dict.fromkeys(("learning_rate", "embedding_lr_scale"), "(0, inf)")
+checks |= dict.fromkeys(("beta1", "beta2", "muon_momentum", "dropout"), "[0, 1)")
+checks |= {"decay_fraction": "[0, 1]", "seed": "[0, 2**63)", "rope_theta": "(1, inf)"}
+checks |= {"optimizer": ("muon", "adamw"), "lr_schedule": ("wsd", "cosine", "onecycle")}
+checks |= {"attn_backend": ("auto", "fa4", "fa2", "sdpa", "math")}
+config = configure(globals(), checks=checks)
 # -----------------------------------------------------------------------------
 
 # distributed setup: torchrun sets RANK; nccl on CUDA, gloo on CPU so it also runs on a laptop
@@ -100,33 +107,11 @@ rank, local_rank, world_size = (
     int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1))
 )
 master = rank == 0
-try:
-    device, dtype = choose(device, dtype)
-except ValueError as e:
-    fail(str(e))
+device, dtype = choose(device, dtype)
 if ddp and device.startswith("cuda"):
     device = f"cuda:{local_rank}"
     torch.cuda.set_device(device)
 device_type = device.split(":")[0]
-for name in (
-    "batch_size",
-    "gradient_accumulation_steps",
-    "eval_interval",
-    "eval_iters",
-    "log_interval",
-    "block_size",
-):
-    if globals()[name] < 1:
-        fail(f"--{name}={globals()[name]} must be at least 1")
-for name in ("max_iters", "seed"):
-    if globals()[name] < 0:
-        fail(f"--{name}={globals()[name]} must not be negative")
-if optimizer not in ("adamw", "muon"):
-    fail(f"--optimizer={optimizer}: use adamw or muon")
-if lr_schedule not in ("cosine", "wsd", "onecycle", "constant"):
-    fail(f"--lr_schedule={lr_schedule}: use cosine, wsd, onecycle or constant")
-if not 0 <= decay_fraction <= 1:
-    fail(f"--decay_fraction={decay_fraction} must be in [0, 1]")
 if init_from not in ("scratch", "resume", "auto") and not init_from.startswith("hf:"):
     fail(f"--init_from={init_from}: use scratch, resume, auto or hf:PATH")
 if (
@@ -148,125 +133,24 @@ if wandb_log:
         import wandb
     except ImportError:
         fail("--wandb_log=True needs the wandb package: pip install wandb (or leave --wandb_log off)")
-if ddp:
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    if device_type == "cpu":  # share the cores instead of oversubscribing them
-        torch.set_num_threads(
-            max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
-        )
+if compile and not compiler_cache_writable():
+    print(
+        "warning: torch.compile's cache directory is not writable: training eagerly (set TORCHINDUCTOR_CACHE_DIR "
+        "to a writable directory to compile)",
+        file=sys.stderr,
+    )
+    compile = config["compile"] = False
 accumulation = gradient_accumulation_steps // world_size
 tokens_per_iter = batch_size * block_size * gradient_accumulation_steps
 lr_decay_iters = lr_decay_iters or max_iters
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=DTYPES[dtype])
+data = TrainingData(data_dir, block_size, device)  # checked before anything is written
+meta = data.meta
 
-# data: prepare.py's meta.json and token streams
-for name in ("meta.json", "train.bin", "val.bin"):
-    if not os.path.isfile(os.path.join(data_dir, name)):
-        fail(
-            f"data_dir '{data_dir}' has no {name}: run prepare.py first (python prepare.py --out_dir={data_dir})"
-        )
-try:
-    meta = json.load(open(os.path.join(data_dir, "meta.json"), encoding="utf-8"))
-    token_dtype = np.dtype(meta["dtype"])
-    bytes_per_token = meta["val"]["bytes"] / meta["val"]["tokens"]
-    tokenizer.load_tokenizer(meta["tokenizer"])
-except (ValueError, KeyError, TypeError, ZeroDivisionError, tokenizer.TokenizerError) as e:
-    fail(
-        f"{data_dir}/meta.json is damaged or not prepare.py's ({type(e).__name__}: {e}); run prepare.py again"
-    )
-split_tokens = {
-    s: os.path.getsize(os.path.join(data_dir, f"{s}.bin")) // token_dtype.itemsize for s in ("train", "val")
-}
-for split, n in split_tokens.items():
-    if n <= block_size:
-        fail(
-            f"block_size={block_size} is larger than {split}.bin in {data_dir} ({n} tokens): "
-            "use a smaller --block_size or more data"
-        )
-
-
-def read_windows(split, starts):
-    """Inputs and next-token targets for windows at the given offsets, on the device (without waiting)."""
-    # a fresh memmap per batch: a long-lived one grows the process's memory (nanoGPT's finding)
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=token_dtype, mode="r")
-    rows = torch.from_numpy(np.stack([data[i : i + block_size + 1] for i in starts]).astype(np.int64))
-    if device_type == "cuda":
-        rows = rows.pin_memory().to(device, non_blocking=True)
-    else:
-        rows = rows.to(device)
-    return rows[:, :-1], rows[:, 1:]
-
-
-def train_batch(micro_index):
-    """The batch of global micro-batch `micro_index`: the same on any number of ranks, and on resume."""
-    rng = np.random.default_rng([seed, micro_index])
-    return read_windows("train", rng.integers(0, split_tokens["train"] - block_size, size=batch_size))
-
-
-# the fixed validation set: eval_iters * batch_size evenly spaced windows, shared out over the ranks
-val_starts = np.linspace(0, split_tokens["val"] - block_size - 1, eval_iters * batch_size).astype(np.int64)
-
-
-@torch.no_grad()
-def evaluate(model):
-    """Mean loss over the fixed validation windows; bits per byte = loss / ln 2 / (bytes per token of val.bin)."""
-    model.eval()
-    total = torch.zeros(2, device=device, dtype=torch.float64)  # sum of window losses, windows
-    mine = val_starts[rank::world_size]
-    for i in range(0, len(mine), batch_size):
-        x, y = read_windows("val", mine[i : i + batch_size])
-        with autocast:
-            loss = model(x, y)
-        total += torch.stack(
-            [loss.double() * len(x), torch.tensor(len(x), device=device, dtype=torch.float64)]
-        )
-    if ddp:
-        dist.all_reduce(total)
-    model.train()
-    val_loss = (total[0] / total[1]).item()
-    return {
-        "val_loss": val_loss,
-        "val_ppl": math.exp(val_loss),
-        "val_bpb": val_loss / math.log(2) / bytes_per_token,
-    }
-
-
-def get_lr(it):
-    if lr_schedule == "onecycle":  # cosine up from lr/25 over warmup_iters, then cosine down to min_lr
-        if it < warmup_iters:
-            return (
-                learning_rate / 25
-                + (learning_rate - learning_rate / 25) * (1 - math.cos(math.pi * it / warmup_iters)) / 2
-            )
-    elif it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if lr_schedule == "constant":
-        return learning_rate
-    if lr_schedule == "wsd":  # stable at learning_rate, then a linear decay over the last decay_fraction
-        decay_start = max_iters * (1 - decay_fraction)
-        if it < decay_start:
-            return learning_rate
-        return learning_rate + (min_lr - learning_rate) * min(
-            1.0, (it - decay_start) / max(1.0, max_iters - decay_start)
-        )
-    if it >= lr_decay_iters:
-        return min_lr
-    progress = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
-    return min_lr + (learning_rate - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def check_vocabulary(source, spec, vocab_size):
-    if spec != meta["tokenizer"] or vocab_size != meta["vocab_size"]:
-        fail(
-            f"vocabulary mismatch: {source} uses a {vocab_size}-id {tokenizer.spec_kind(spec)} tokenizer, but {data_dir} "
-            f"holds {meta['vocab_size']}-id {tokenizer.spec_kind(meta['tokenizer'])} tokens; prepare the data with the same tokenizer"
-        )
-
-
-# output directory: refuse to overwrite a run by mistake, and clear what a killed run left
-ckpt_path, best_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "best.pt")
+# output directory: one run at a time, no run replaced by mistake, nothing left by a killed run
+ckpt_path, best_path, log_path = (os.path.join(out_dir, name) for name in ("ckpt.pt", "best.pt", "log.jsonl"))
 if init_from == "auto":
     init_from = "resume" if os.path.isfile(ckpt_path) else "scratch"
 if init_from != "resume" and os.path.isfile(ckpt_path) and not overwrite:
@@ -276,26 +160,40 @@ if init_from != "resume" and os.path.isfile(ckpt_path) and not overwrite:
     )
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     fail(f"--out_dir={out_dir} is a file: give a directory")
-if master:
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        for leftover in ("ckpt.pt.tmp", "best.pt.tmp"):
-            if os.path.exists(os.path.join(out_dir, leftover)):
-                os.remove(os.path.join(out_dir, leftover))
-    except OSError as e:
-        fail(f"cannot create --out_dir={out_dir}: {e.strerror}")
+
+
+def check_vocabulary(source, spec, vocab_size):
+    if spec != meta["tokenizer"] or vocab_size != meta["vocab_size"]:
+        ours, data_ids = (
+            f"{vocab_size}-id {spec_kind(spec)}",
+            f"{meta['vocab_size']}-id {spec_kind(meta['tokenizer'])}",
+        )
+        fail(
+            f"vocabulary mismatch: {source} uses a {ours} tokenizer, but {data_dir} holds {data_ids} tokens; "
+            "prepare the data with the same tokenizer"
+        )
+
 
 # model: from scratch, from out_dir/ckpt.pt, or from a Hugging Face directory
-iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+iter_num, best_val_loss, elapsed_before, checkpoint = 0, float("inf"), 0.0, None
+code = runs.code_version()
 torch.manual_seed(seed)  # the same initial weights on every rank
-if init_from == "resume":
-    try:
-        checkpoint = load_checkpoint(ckpt_path, map_location=device)
+try:
+    if init_from == "resume":
+        checkpoint = load_checkpoint(ckpt_path, map_location=device, warn=False)
         if "optimizer" not in checkpoint:
             raise CheckpointError(
                 f"{ckpt_path} holds no optimizer state: it cannot be resumed "
                 "(start from its weights with a new out_dir instead)"
             )
+        changed = runs.code_changed(checkpoint.get("code"))
+        if changed and not allow_code_change:
+            fail(
+                f"model.py changed since {ckpt_path} was written: {changed}; resume anyway with "
+                "--allow_code_change=True, or train into another --out_dir"
+            )
+        if changed and master:
+            print(f"warning: {ckpt_path}: {changed}", file=sys.stderr)
         check_vocabulary(ckpt_path, checkpoint["tokenizer"], checkpoint["model_args"]["vocab_size"])
         for key in SHAPE:  # a shape option set on the command line must agree with the checkpoint
             if config[key] != shape_defaults[key] and config[key] != checkpoint["config"].get(
@@ -306,50 +204,29 @@ if init_from == "resume":
                     f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another --out_dir"
                 )
         raw_model = model_from_checkpoint(checkpoint, dropout=dropout, attn_backend=attn_backend)
-    except (CheckpointError, tokenizer.TokenizerError) as e:
-        fail(str(e))
-    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-elif init_from.startswith("hf:"):
-    from hf import HFError, load_hf
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        elapsed_before = checkpoint.get("elapsed", 0.0)
+    elif init_from.startswith("hf:"):
+        from hf import load_hf
 
-    try:
-        hf_model, hf_tokenizer = load_hf(init_from[3:])
-    except (HFError, tokenizer.TokenizerError) as e:
-        fail(str(e))
-    check_vocabulary(init_from[3:], hf_tokenizer, hf_model.config.vocab_size)
-    raw_model = model_from_checkpoint(
-        {"model_args": asdict(hf_model.config), "model": hf_model.state_dict()},
-        dropout=dropout,
-        attn_backend=attn_backend,
-    )
-    del hf_model
-else:
-    try:
+        hf_model, hf_tokenizer = load_hf(init_from[3:], flag="--init_from=hf:")
+        check_vocabulary(init_from[3:], hf_tokenizer, hf_model.config.vocab_size)
+        weights = {"model_args": asdict(hf_model.config), "model": hf_model.state_dict()}
+        raw_model = model_from_checkpoint(weights, dropout=dropout, attn_backend=attn_backend)
+        del hf_model
+    else:
+        shape = {key: config[key] for key in SHAPE} | {"max_seq_len": max_seq_len or block_size}
         raw_model = Llama(
-            ModelConfig(
-                dim=dim,
-                n_layers=n_layers,
-                n_heads=n_heads,
-                n_kv_heads=n_kv_heads,
-                vocab_size=meta["vocab_size"],
-                hidden_dim=hidden_dim,
-                multiple_of=multiple_of,
-                rope_theta=rope_theta,
-                max_seq_len=max_seq_len or block_size,
-                dropout=dropout,
-                tie_embeddings=tie_embeddings,
-                attn_backend=attn_backend,
-            )
+            ModelConfig(**shape, vocab_size=meta["vocab_size"], dropout=dropout, attn_backend=attn_backend)
         )
-    except ValueError as e:
-        fail(str(e))
-model_config = raw_model.config
-if block_size > model_config.max_seq_len:
-    fail(f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}")
-raw_model.to(device)
-try:  # the attention kernel is chosen (and logged) once, here, rather than failing mid-run or inside compile
-    pick_attention_backend(model_config, device, DTYPES[dtype])
-except BackendError as e:
+    model_config = raw_model.config
+    if block_size > model_config.max_seq_len:
+        fail(
+            f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}"
+        )
+    raw_model.to(device)
+    pick_attention_backend(model_config, device, DTYPES[dtype])  # chosen and logged once, before compiling
+except (ValueError, BackendError) as e:  # a shape the model cannot take, an attention kernel that cannot run
     fail(str(e))
 
 
@@ -383,6 +260,28 @@ def make_optimizers(model):
     return [adamw, muon]
 
 
+def get_lr(it):
+    if lr_schedule == "onecycle":  # cosine up from lr/25 over warmup_iters, then cosine down to min_lr
+        if it < warmup_iters:
+            return (
+                learning_rate / 25
+                + (learning_rate - learning_rate / 25) * (1 - math.cos(math.pi * it / warmup_iters)) / 2
+            )
+    elif it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if lr_schedule == "wsd":  # stable at learning_rate, then a linear decay over the last decay_fraction
+        decay_start = max_iters * (1 - decay_fraction)
+        if it < decay_start:
+            return learning_rate
+        return learning_rate + (min_lr - learning_rate) * min(
+            1.0, (it - decay_start) / max(1.0, max_iters - decay_start)
+        )
+    if it >= lr_decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + (learning_rate - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def muon_momentum_at(it):
     """modded-nanogpt's momentum warmup: from 0.85 up to muon_momentum over muon_momentum_warmup iterations."""
     if it >= muon_momentum_warmup:
@@ -394,7 +293,7 @@ optimizers = make_optimizers(raw_model)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
 if checkpoint is not None:
     states = checkpoint["optimizer"]
-    try:  # another optimizer, other parameter groups, or a checkpoint from before q/k/v were fused
+    try:  # another optimizer, or other parameter groups
         if not isinstance(states, list) or len(states) != len(optimizers):
             raise ValueError("another number of optimizers")
         for opt, state in zip(optimizers, states):
@@ -414,8 +313,61 @@ if checkpoint is not None:
     del checkpoint
 else:
     torch.manual_seed(seed + rank)  # dropout masks differ between ranks
+if master:  # the out_dir is changed only from here on, and only by the run that holds its lock
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        out_dir_lock = runs.lock(out_dir)
+        for leftover in ("ckpt.pt.tmp", "best.pt.tmp", "log.jsonl.tmp"):
+            if os.path.exists(os.path.join(out_dir, leftover)):
+                os.remove(os.path.join(out_dir, leftover))
+        runs.restart_log(log_path, iter_num)
+        runs.save_code_diff(out_dir, code)
+    except OSError as e:
+        fail(f"cannot write to --out_dir={out_dir}: {e.strerror or e}")
+if ddp:
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cpu":  # share the cores instead of oversubscribing them
+        torch.set_num_threads(
+            max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        )
 compiled = torch.compile(raw_model) if compile else raw_model
 model = DDP(compiled, device_ids=[local_rank] if device_type == "cuda" else None) if ddp else compiled
+
+
+def train_batch(it, step):
+    """This rank's micro-batch `step` of iteration `it`: keyed by its global micro-batch index, so it is the same
+    on any number of ranks, and on resume."""
+    index = it * gradient_accumulation_steps + rank * accumulation + step
+    rng = np.random.default_rng([seed, index])
+    return data.windows("train", rng.integers(0, data.tokens["train"] - block_size, size=batch_size))
+
+
+# the fixed validation set: eval_iters * batch_size evenly spaced windows, shared out over the ranks
+val_starts = np.linspace(0, data.tokens["val"] - block_size - 1, eval_iters * batch_size).astype(np.int64)
+
+
+@torch.no_grad()
+def evaluate():
+    """Mean loss over the fixed validation windows; bits per byte = loss / ln 2 / (bytes per token of val.bin)."""
+    compiled.eval()
+    total = torch.zeros(2, device=device, dtype=torch.float64)  # sum of window losses, windows
+    mine = val_starts[rank::world_size]
+    for i in range(0, len(mine), batch_size):
+        x, y = data.windows("val", mine[i : i + batch_size])
+        with autocast:
+            loss = compiled(x, y)
+        total += torch.stack(
+            [loss.double() * len(x), torch.tensor(len(x), device=device, dtype=torch.float64)]
+        )
+    if ddp:
+        dist.all_reduce(total)
+    compiled.train()
+    val_loss = (total[0] / total[1]).item()
+    return {
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss),
+        "val_bpb": val_loss / math.log(2) / data.bytes_per_token,
+    }
 
 
 def rng_states():
@@ -442,6 +394,7 @@ def write_checkpoint(metrics, improved):
         "tokenizer": meta["tokenizer"],
         "iter_num": iter_num,
         "config": config,
+        "code": code,
         **metrics,
     }
     try:
@@ -454,6 +407,7 @@ def write_checkpoint(metrics, improved):
                 "scaler": scaler.state_dict(),
                 "best_val_loss": best_val_loss,
                 "rng": states,
+                "elapsed": elapsed(),
             },
             ckpt_path,
         )
@@ -461,60 +415,17 @@ def write_checkpoint(metrics, improved):
         fail(f"cannot write a checkpoint to {out_dir}: {e.strerror or e}; the previous checkpoint is kept")
 
 
-log_path = os.path.join(out_dir, "log.jsonl")
-
-
-def start_log():
-    """A scratch run starts a new log; a resumed one drops what the interrupted run logged after its checkpoint
-    (the checkpoint's eval is logged again when the run evaluates at that iteration)."""
-    if not master:
-        return
-    kept = []
-    if iter_num and os.path.isfile(log_path):
-        records = [json.loads(line) for line in open(log_path) if line.strip()]
-        kept = [r for r in records if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" not in r)]
-    with open(log_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-
-
 def log(record):
     if master:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        record = {
+            "iter": iter_num,
+            "tokens": iter_num * tokens_per_iter,
+            **record,
+            "elapsed": round(elapsed(), 3),
+        }
+        runs.append_log(log_path, record)
         if wandb_log:
-            wandb.log(record, step=record["iter"])
-
-
-def plot_losses():
-    """out_dir/loss.svg: train and val loss against iterations, log scale, with no plotting package."""
-    records = [json.loads(line) for line in open(log_path) if line.strip()]
-    series = {
-        label: [(r["iter"], r[key]) for r in records if r.get(key, 0) > 0]
-        for key, label in (("loss", "train"), ("val_loss", "val"))
-    }
-    points = [p for s in series.values() for p in s]
-    if len(points) < 2:
-        return
-    (x0, x1), (y0, y1) = ((min(v), max(v)) for v in zip(*[(i, math.log(y)) for i, y in points]))
-    W, H, pad = 640, 360, 48
-    sx = lambda i: pad + (W - 2 * pad) * (i - x0) / max(x1 - x0, 1)
-    sy = lambda y: H - pad - (H - 2 * pad) * (math.log(y) - y0) / max(y1 - y0, 1e-9)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
-        f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{pad}" y="20">loss (nats/token, log scale) against iteration {x0}-{x1}; '
-        f"{math.exp(y0):.3f} to {math.exp(y1):.3f}</text>",
-    ]
-    for (label, s), color, y in zip(series.items(), ("#1f77b4", "#d62728"), (40, 56)):
-        if s:
-            parts.append(
-                f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="'
-                + " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in s)
-                + '"/>'
-            )
-            parts.append(f'<text x="{W - pad - 80}" y="{y}" fill="{color}">{label} {s[-1][1]:.4f}</text>')
-    with open(os.path.join(out_dir, "loss.svg"), "w") as f:
-        f.write("".join(parts) + "</svg>\n")
+            wandb.log(record, step=iter_num)
 
 
 # SIGTERM / SIGINT: finish the current log window, save, exit 0 (preemptible clusters)
@@ -529,7 +440,6 @@ def request_stop(signum, frame):
 signal.signal(signal.SIGTERM, request_stop)
 signal.signal(signal.SIGINT, request_stop)
 
-start_log()
 if master:
     if wandb_log:
         wandb.init(project=wandb_project, config=config)
@@ -541,18 +451,20 @@ if master:
     )
 
 t0, timed_iters = time.perf_counter(), 0  # for ms/iter, leaving out evals and checkpoints
+started = time.perf_counter()
+
+
+def elapsed():
+    """Seconds of this run's wall time, a resumed run's earlier time included."""
+    return elapsed_before + time.perf_counter() - started
+
+
 window_loss = torch.zeros((), device=device)  # summed on the device between log lines: no host sync per step
 peak = peak_flops(device)
 
-
-def micro_index(it, step):
-    """The global index of this rank's micro-step `step` of iteration `it`."""
-    return it * gradient_accumulation_steps + rank * accumulation + step
-
-
 while True:
     if iter_num % eval_interval == 0 or iter_num >= max_iters:
-        metrics = evaluate(compiled)
+        metrics = evaluate()
         improved = metrics["val_loss"] < best_val_loss
         best_val_loss = min(best_val_loss, metrics["val_loss"])
         if master:
@@ -560,10 +472,10 @@ while True:
                 f"iter {iter_num}: val loss {metrics['val_loss']:.4f}, ppl {metrics['val_ppl']:.2f}, "
                 f"bpb {metrics['val_bpb']:.4f}" + (" (best so far)" if improved else "")
             )
-        log({"iter": iter_num, **metrics})
+        log(metrics)
         write_checkpoint(metrics, improved)
         if master:
-            plot_losses()
+            runs.draw([(out_dir, runs.read_log(log_path))], os.path.join(out_dir, "loss.svg"))
         t0, timed_iters = time.perf_counter(), 0
         window_loss.zero_()
     if iter_num >= max_iters:
@@ -575,14 +487,14 @@ while True:
     if optimizer == "muon":
         for group in optimizers[1].param_groups:
             group["momentum"] = muon_momentum_at(iter_num)
-    x, y = train_batch(micro_index(iter_num, 0))
+    x, y = train_batch(iter_num, 0)
     for micro_step in range(accumulation):
         sync = nullcontext() if not ddp or micro_step == accumulation - 1 else model.no_sync()
         with sync:
             with autocast:
                 loss = model(x, y)
             if micro_step + 1 < accumulation:  # the next batch loads while this one computes
-                x, y = train_batch(micro_index(iter_num, micro_step + 1))
+                x, y = train_batch(iter_num, micro_step + 1)
             scaler.scale(loss / accumulation).backward()
         window_loss += loss.detach() / accumulation
     if grad_clip > 0:
@@ -607,7 +519,7 @@ while True:
         dist.all_reduce(flags)
     stop, non_finite = (bool(f > 0) for f in flags.tolist())
     if non_finite:
-        if master:
+        if master:  # one line, not one per rank
             print(
                 f"error: the loss became non-finite by iteration {iter_num}; stopping, and keeping the last good "
                 f"checkpoint {ckpt_path}. Try a lower --learning_rate, --grad_clip, or bfloat16/float32",
@@ -626,24 +538,14 @@ while True:
                 f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms, "
                 f"{tok_per_s:,.0f} tok/s" + (f", mfu {mfu:.1%}" if mfu is not None else "")
             )
-        log(
-            {
-                "iter": iter_num,
-                "loss": loss_value,
-                "lr": lr,
-                "ms": dt * 1000,
-                "tok_per_s": tok_per_s,
-                "mfu": mfu,
-            }
-        )
+        log({"loss": loss_value, "lr": lr, "ms": dt * 1000, "tok_per_s": tok_per_s, "mfu": mfu})
         t0, timed_iters = time.perf_counter(), 0
         window_loss.zero_()
     if stop:
         write_checkpoint({}, False)
         if master:
             print(
-                f"stopped by signal after iteration {iter_num}; saved {ckpt_path}. "
-                "Continue with --init_from=resume"
+                f"stopped by signal after iteration {iter_num}; saved {ckpt_path}. Continue with --init_from=resume"
             )
         break
 

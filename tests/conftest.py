@@ -4,9 +4,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from configurator import UserError  # noqa: E402  (the repository is importable only from here on)
+from model import Llama, ModelConfig  # noqa: E402
 
 WORDS = (
     "Once upon a time there was a little girl named Lily . She liked to play in the park with her "
@@ -73,11 +77,23 @@ def stories():
     return make_stories(200)
 
 
+def tiny(**overrides):
+    """A small random Llama in eval mode: 97 ids, context 32, grouped-query attention."""
+    torch.manual_seed(0)
+    cfg = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, max_seq_len=32)
+    return Llama(ModelConfig(**{**cfg, **overrides})).eval()
+
+
+def all_logits(model, idx, cache=None, pos=0):
+    """The float32 logits at every position."""
+    return model.lm_head(model.hidden(idx, cache, pos)).float()
+
+
 def run_in_process(script, *args):
     """Runs a repository script in this process (no interpreter start-up): (exit code, stdout, stderr).
 
-    For checks that end early, such as bad input. An exception that escapes the script is re-raised, so a
-    traceback fails the test.
+    A UserError that escapes the script ends it as configure()'s hook ends a real run: one error line, exit
+    1. Any other exception is re-raised, so a traceback fails the test.
     """
     import contextlib
     import io
@@ -94,6 +110,9 @@ def run_in_process(script, *args):
             runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
+    except UserError as e:
+        err.write(f"error: {e}\n")
+        code = 1
     finally:
         sys.argv = argv
         for signum, handler in handlers.items():

@@ -6,19 +6,17 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, tiny
 
 import model as M
 from generate import new_cache
-from model import Llama, ModelConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def tiny(**overrides):
-    torch.manual_seed(0)
-    cfg = dict(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
-    return Llama(ModelConfig(**{**cfg, **overrides})).cuda()
+def gpu_model(**overrides):
+    """conftest's tiny model, larger (dim 128, 512 ids, context 64), on the GPU and in train mode."""
+    return tiny(**{"dim": 128, "vocab_size": 512, "max_seq_len": 64, **overrides}).cuda().train()
 
 
 def batch(model, B=4, T=64):
@@ -27,7 +25,7 @@ def batch(model, B=4, T=64):
 
 
 def test_a_bf16_autocast_train_step_matches_fp32():
-    model = tiny()
+    model = gpu_model()
     idx = batch(model)
     loss32 = model(idx, idx)
     loss32.backward()
@@ -82,7 +80,7 @@ def test_every_installed_attention_backend_has_the_gradients_of_the_math_referen
 
 
 def test_compiled_and_eager_losses_agree():
-    model = tiny()
+    model = gpu_model()
     idx = batch(model)
     M.pick_attention_backend(model.config, "cuda", torch.bfloat16)
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -92,7 +90,7 @@ def test_compiled_and_eager_losses_agree():
 
 
 def test_cached_generation_in_bf16_equals_the_full_forward():
-    model = tiny().to(torch.bfloat16).eval()
+    model = gpu_model().to(torch.bfloat16).eval()
     idx = batch(model, B=2, T=40)
     with torch.no_grad():
         full = model.lm_head(model.hidden(idx)).float()
@@ -105,7 +103,7 @@ def test_cached_generation_in_bf16_equals_the_full_forward():
 
 def test_a_training_step_never_waits_for_the_gpu():
     """Forward, loss, backward, clipping and the fused AdamW step queue work without a host sync."""
-    model = tiny()
+    model = gpu_model()
     idx = batch(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     M.pick_attention_backend(model.config, "cuda", torch.bfloat16)
@@ -189,13 +187,16 @@ def test_ddp_over_nccl_equals_gradient_accumulation(data_dir, tmp_path):
     assert one.returncode == 0, one.stderr
     rank0, single = (torch.load(tmp_path / d / "rank0.pt") for d in ("two", "one"))
     for k in single:
-        torch.testing.assert_close(rank0[k], single[k], rtol=1e-3, atol=1e-4)
+        # Muon orthogonalises in bfloat16, which carries the gradient sums' rounding into the weights at bf16's
+        # precision, as on the CPU (test_train.py)
+        torch.testing.assert_close(rank0[k], single[k], rtol=1e-2, atol=2e-3)
 
 
 def test_decoding_under_cuda_graphs_gives_the_eager_tokens():
-    from generate import compile_for_decoding, generate
+    from fastdecode import compile_for_decoding
+    from generate import generate
 
-    model = tiny().eval()
+    model = gpu_model().eval()
     idx = batch(model, B=2, T=8)
     greedy = dict(temperature=0, repetition_penalty=1.0)
     eager = generate(model, idx, 24, **greedy)

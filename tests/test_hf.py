@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from conftest import assert_clean_error, make_stories, run_in_process
+from conftest import all_logits, assert_clean_error, make_stories, run_in_process
 
 import tokenizer
 from generate import generate
@@ -38,10 +38,6 @@ def checkpoint_for(spec, vocab_size, **shape):
 def bpe_spec():
     ranks = tokenizer.train_bpe(tokenizer.count_pretokens(make_stories(200)), 350)
     return {"kind": "bpe", "ranks": tokenizer.ranks_to_text(ranks)}
-
-
-def all_logits(model, idx):
-    return model.lm_head(model.hidden(idx)).float()
 
 
 @pytest.mark.parametrize("tied", [True, False])

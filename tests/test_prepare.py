@@ -1,23 +1,32 @@
+import builtins
 import errno
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, run_script, write_txt
+import tqdm
+from conftest import ROOT, assert_clean_error, run_in_process, run_script, write_txt
 
-import prepare as prepare_module
+import data
 import tokenizer
-from configurator import configure
 
 
 @pytest.fixture
-def prepare(monkeypatch):
-    """prepare.py's command line, run in this process; the module's options are restored after the test."""
-    for key, value in configure(vars(prepare_module), []).items():
-        monkeypatch.setattr(prepare_module, key, value)
-    return lambda *args: prepare_module.main(["--num_proc=2", *args])
+def prepare():
+    """prepare.py's command line, run in this process; a failure fails the test."""
+
+    def run(*args):
+        result = run_in_process("prepare.py", "--num_proc=2", *args)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    return run
 
 
 def load(out_dir):
@@ -176,127 +185,110 @@ def good_out(tmp_path, stories, prepare):
     return out, {name: (out / name).read_bytes() for name in os.listdir(out)}
 
 
-def bad_input(tmp_path, case):
-    """(arguments, what the error line says) for each kind of bad input."""
-    good = f"--input={tmp_path / 'good.txt'}"
-    if case == "missing file":
-        return [f"--input={tmp_path / 'nope.txt'}"], "not found"
-    if case == "directory":
-        (tmp_path / "stories").mkdir()
-        return [f"--input={tmp_path / 'stories'}"], f"input '{tmp_path / 'stories'}' is a directory"
-    if case == "unsupported extension":
-        (tmp_path / "stories.csv").write_text("text\nhello\n")
-        return [f"--input={tmp_path / 'stories.csv'}"], "unsupported extension"
-    if case == "not UTF-8":
-        (tmp_path / "latin1.txt").write_bytes("Once upon a time\n<|endoftext|>\nA café".encode("latin-1"))
-        return [
-            f"--input={tmp_path / 'latin1.txt'}"
-        ], "latin1.txt' is not UTF-8 text (byte 0xe9 at offset 36)"
-    if case == "json without text":
-        json.dump([{"body": "hello"}], open(tmp_path / "x.json", "w"))
-        return [f"--input={tmp_path / 'x.json'}"], "no 'text' column"
-    if case == "json text not strings":
-        json.dump({"text": ["a story", 42]}, open(tmp_path / "x.json", "w"))
-        return [f"--input={tmp_path / 'x.json'}"], "no 'text' column of strings"
-    if case == "malformed json":
-        (tmp_path / "x.json").write_text('[{"text": "a story"},\n {"text": }]')
-        return [
-            f"--input={tmp_path / 'x.json'}"
-        ], "x.json' is not valid JSON: Expecting value at line 2 column 11"
-    if case == "malformed jsonl line":
-        (tmp_path / "x.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\n{"text": "three\n')
-        return [f"--input={tmp_path / 'x.jsonl'}"], f"'{tmp_path / 'x.jsonl'}' line 4 is not valid JSON"
-    if case == "parquet without text":
+def parquet(columns):
+    def write(path):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({"body": ["hello"]}), tmp_path / "x.parquet")
-        return [f"--input={tmp_path / 'x.parquet'}"], "no 'text' column"
-    if case == "parquet text not strings":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        pq.write_table(pa.table(columns), path)
 
-        pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "x.parquet")
-        return [f"--input={tmp_path / 'x.parquet'}"], "has a 'text' column of int64, not of strings"
-    if case == "not parquet":
-        (tmp_path / "x.parquet").write_text("text\nhello\n")
-        return [f"--input={tmp_path / 'x.parquet'}"], "is not a readable parquet file"
-    if case == "empty corpus":
-        (tmp_path / "empty.txt").write_text("\n<|endoftext|>\n  \n")
-        return [f"--input={tmp_path / 'empty.txt'}"], "empty"
-    if case == "empty val split":
-        write_txt(tmp_path / "few.txt", ["one story", "two stories"])
-        return [f"--input={tmp_path / 'few.txt'}", "--val_fraction=0.1"], "val split is empty"
-    if case == "val_fraction 0":
-        return [good, "--val_fraction=0"], "val_fraction"
-    if case == "val_fraction 1.5":
-        return [good, "--val_fraction=1.5"], "val_fraction"
-    if case == "val_fraction 0.9999":
-        return [good, "--val_fraction=0.9999"], "than it leaves for training: use a smaller --val_fraction"
-    if case == "out_dir is a file":
-        (tmp_path / "file").write_text("mine")
-        return [good, f"--out_dir={tmp_path / 'file'}"], "is a file, not a directory"
-    if case == "out_dir cannot be created":
-        (tmp_path / "file").write_text("mine")
-        return (
-            [good, f"--out_dir={tmp_path / 'file' / 'data'}"],
-            "cannot create --out_dir=",
-            "Not a directory",
-        )
-    if case == "unknown key":
-        return [good, "--vocab=4096"], "unknown key 'vocab'"
-    if case == "vocab_size 256":
-        return [good, "--vocab_size=256"], "vocab_size"
-    if case == "vocab_size 65536":
-        return [good, "--vocab_size=65536"], "vocab_size"
-    if case == "wrong type":
-        return [good, "--vocab_size=big"], "takes a int"
+    return write
 
 
-def error_line(capsys, run):
-    """The one error line a run of prepare.py ends with; checks it exits 1."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        run()
-    assert stop.value.code == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith("error: ") and not any(line.startswith("error: ") for line in lines[:-1])
-    return lines[-1]
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        "missing file",
-        "directory",
-        "unsupported extension",
+GOOD = "--input={tmp}/good.txt"
+# (case, files to write first: {name: text, bytes, a writer, or None for a directory}, arguments, what the line says)
+BAD_INPUT = [
+    ("missing file", {}, ["--input={tmp}/nope.txt"], "not found"),
+    ("directory", {"stories": None}, ["--input={tmp}/stories"], "input '{tmp}/stories' is a directory"),
+    ("unsupported extension", {"s.csv": "text\nhello\n"}, ["--input={tmp}/s.csv"], "unsupported extension"),
+    (
         "not UTF-8",
-        "json without text",
+        {"latin1.txt": "Once upon a time\n<|endoftext|>\nA café".encode("latin-1")},
+        ["--input={tmp}/latin1.txt"],
+        "latin1.txt' is not UTF-8 text (byte 0xe9 at offset 36)",
+    ),
+    ("json without text", {"x.json": '[{"body": "hello"}]'}, ["--input={tmp}/x.json"], "no 'text' column"),
+    (
         "json text not strings",
+        {"x.json": '{"text": ["a", 42]}'},
+        ["--input={tmp}/x.json"],
+        "no 'text' column of strings",
+    ),
+    (
         "malformed json",
+        {"x.json": '[{"text": "a story"},\n {"text": }]'},
+        ["--input={tmp}/x.json"],
+        "x.json' is not valid JSON: Expecting value at line 2 column 11",
+    ),
+    (
         "malformed jsonl line",
+        {"x.jsonl": '{"text": "one"}\n\n{"text": "two"}\n{"text": "three\n'},
+        ["--input={tmp}/x.jsonl"],
+        "'{tmp}/x.jsonl' line 4 is not valid JSON",
+    ),
+    (
         "parquet without text",
+        {"x.parquet": parquet({"body": ["hi"]})},
+        ["--input={tmp}/x.parquet"],
+        "no 'text' column",
+    ),
+    (
         "parquet text not strings",
+        {"x.parquet": parquet({"text": [1, 2]})},
+        ["--input={tmp}/x.parquet"],
+        "has a 'text' column of int64, not of strings",
+    ),
+    (
         "not parquet",
-        "empty corpus",
+        {"x.parquet": "text\nhello\n"},
+        ["--input={tmp}/x.parquet"],
+        "is not a readable parquet file",
+    ),
+    ("empty corpus", {"empty.txt": "\n<|endoftext|>\n  \n"}, ["--input={tmp}/empty.txt"], "empty"),
+    (
         "empty val split",
-        "val_fraction 0",
-        "val_fraction 1.5",
+        {"few.txt": "one story\n<|endoftext|>\ntwo stories\n<|endoftext|>\n"},
+        ["--input={tmp}/few.txt", "--val_fraction=0.1"],
+        "val split is empty",
+    ),
+    ("val_fraction 0", {}, [GOOD, "--val_fraction=0"], "--val_fraction=0.0 must be in (0, 1)"),
+    ("val_fraction 1.5", {}, [GOOD, "--val_fraction=1.5"], "--val_fraction=1.5 must be in (0, 1)"),
+    ("val_fraction nan", {}, [GOOD, "--val_fraction=nan"], "--val_fraction=nan"),
+    (
         "val_fraction 0.9999",
-        "out_dir is a file",
-        "out_dir cannot be created",
-        "unknown key",
+        {},
+        [GOOD, "--val_fraction=0.9999"],
+        "than it leaves for training: use a smaller",
+    ),
+    ("out_dir is a file", {"file": "mine"}, [GOOD, "--out_dir={tmp}/file"], "is a file, not a directory"),
+    ("out_dir cannot be created", {"file": "mine"}, [GOOD, "--out_dir={tmp}/file/data"], "Not a directory"),
+    ("unknown key", {}, [GOOD, "--vocab=4096"], "unknown key 'vocab'"),
+    (
         "vocab_size 256",
-        "vocab_size 65536",
-        "wrong type",
-    ],
-)
-def test_bad_input_fails_with_one_line_and_leaves_good_data(tmp_path, good_out, prepare, capsys, case):
+        {},
+        [GOOD, "--vocab_size=256"],
+        "--vocab_size=256: use 0 for GPT-2's tokenizer, or 257",
+    ),
+    ("vocab_size 65536", {}, [GOOD, "--vocab_size=65536"], "--vocab_size=65536 must be in [0, 65535]"),
+    ("wrong type", {}, [GOOD, "--vocab_size=big"], "takes a int"),
+    ("num_proc 0", {}, [GOOD, "--num_proc=0"], "--num_proc=0 must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("case, files, args, message", BAD_INPUT, ids=[row[0] for row in BAD_INPUT])
+def test_bad_input_fails_with_one_line_and_leaves_good_data(tmp_path, good_out, case, files, args, message):
     out, before = good_out
-    args, *messages = bad_input(tmp_path, case)
-    line = error_line(capsys, lambda: prepare(f"--out_dir={out}", *args))
-    for message in messages:
-        assert message in line
+    for name, content in files.items():
+        path = tmp_path / name
+        if content is None:
+            path.mkdir()
+        elif callable(content):
+            content(path)
+        else:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    result = run_in_process("prepare.py", f"--out_dir={out}", *args)
+    assert_clean_error(result, message.format(tmp=tmp_path))
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
@@ -314,76 +306,88 @@ class FullDisk(io.FileIO):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_a_full_disk_fails_with_one_line_and_leaves_good_data(
-    tmp_path, stories, good_out, prepare, capsys, monkeypatch
-):
+def test_a_full_disk_fails_with_one_line_and_leaves_good_data(tmp_path, good_out, monkeypatch):
     out, before = good_out
-    monkeypatch.setattr(
-        prepare_module,
-        "open",
-        lambda path, mode="r", **kwargs: FullDisk(path, "w") if "w" in mode else open(path, mode, **kwargs),
-        raising=False,
-    )
-    line = error_line(capsys, lambda: prepare(f"--input={tmp_path / 'good.txt'}", f"--out_dir={out}"))
-    assert (
-        line
-        == f"error: could not write the dataset to {out}: No space left on device; nothing there was replaced"
+    real_open = builtins.open
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        return (
+            FullDisk(path, "w") if str(path).endswith(".bin.tmp") else real_open(path, mode, *args, **kwargs)
+        )
+
+    monkeypatch.setattr(builtins, "open", open_on_a_full_disk)
+    result = run_in_process("prepare.py", f"--input={tmp_path / 'good.txt'}", f"--out_dir={out}")
+    monkeypatch.undo()
+    assert_clean_error(
+        result, f"could not write the dataset to {out}: No space left on device; nothing there was replaced"
     )
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
-def test_leftovers_of_a_killed_run_are_removed_before_writing(tmp_path, stories, prepare, monkeypatch):
+class Bar:
+    """tqdm's place: records each progress bar, and what the output directory held when it began."""
+
+    bars = []
+
+    def __init__(self, desc, unit, **kwargs):
+        self.desc, self.unit, self.count = desc, unit, 0
+        self.found = sorted(os.listdir(Bar.out)) if os.path.isdir(Bar.out) else None
+        Bar.bars.append(self)
+
+    def update(self, n):
+        self.count += n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_progress_bars_count_stories_then_bytes_and_a_killed_runs_leftovers_are_gone_first(
+    tmp_path, stories, prepare, monkeypatch
+):
     out = tmp_path / "out"
     out.mkdir()
     for name in ("train.bin.tmp", "val.bin.tmp", "meta.json.tmp"):
         (out / name).write_bytes(b"half-written")
-    seen = []
-    write_splits = prepare_module.write_splits
-
-    def watched_write_splits(spec):
-        seen.append(os.listdir(out))
-        return write_splits(spec)
-
-    monkeypatch.setattr(prepare_module, "write_splits", watched_write_splits)
-    prepare(f"--input={write_txt(tmp_path / 'all.txt', stories)}", f"--out_dir={out}")
-    assert seen == [[]]
-    assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]
-
-
-def test_progress_bars_count_stories_then_bytes(tmp_path, stories, prepare, monkeypatch):
-    bars = []
-
-    class Bar:
-        def __init__(self, desc, unit, **kwargs):
-            self.desc, self.unit, self.count = desc, unit, 0
-            bars.append(self)
-
-        def update(self, n):
-            self.count += n
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-    monkeypatch.setattr(prepare_module, "tqdm", Bar)
-    prepare(
-        f"--input={write_txt(tmp_path / 'all.txt', stories)}",
-        "--vocab_size=300",
-        f"--out_dir={tmp_path / 'out'}",
-    )
-    meta = json.load(open(tmp_path / "out" / "meta.json"))
-    assert [(bar.desc, bar.unit, bar.count) for bar in bars] == [
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    monkeypatch.setattr(Bar, "bars", [])
+    monkeypatch.setattr(Bar, "out", out, raising=False)
+    prepare(f"--input={write_txt(tmp_path / 'all.txt', stories)}", "--vocab_size=300", f"--out_dir={out}")
+    meta = json.load(open(out / "meta.json"))
+    assert [(bar.desc, bar.unit, bar.count) for bar in Bar.bars] == [
         ("counting pre-tokens", " stories", meta["train"]["stories"]),
         ("tokenizing", "B", sum(len(story.encode("utf-8")) for story in stories)),
     ]
+    assert Bar.bars[0].found == []  # the leftovers were removed before any work
+    assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_prepare_with_one_line_within_seconds_and_leaves_no_temporary_files(tmp_path, stories):
+    big = write_txt(tmp_path / "big.txt", stories * 400)  # long enough to be interrupted mid-way
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "prepare.py", f"--input={big}", f"--out_dir={out}", "--num_proc=2"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not (out / "train.bin.tmp").exists() and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    began = time.perf_counter()
+    err = process.communicate(timeout=20)[1]
+    assert time.perf_counter() - began < 5
+    assert_clean_error(subprocess.CompletedProcess([], process.returncode, "", err), "interrupted")
+    assert not out.exists() or os.listdir(out) == []
 
 
 def test_the_first_non_utf8_byte_is_found_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare_module, "BATCH_BYTES", 4)
+    monkeypatch.setattr(data, "BATCH_BYTES", 4)
     path = tmp_path / "x.txt"
     path.write_bytes("aé🙂".encode() + b"\xff")  # 🙂 starts in the first 4-byte block and ends in the second
-    assert prepare_module.first_non_utf8_byte(path) == (0xFF, 7)
+    assert data.first_non_utf8_byte(path) == (0xFF, 7)
     path.write_bytes("aaa🙂".encode()[:-1])  # cut off inside the last character
-    assert prepare_module.first_non_utf8_byte(path) == (0xF0, 3)
+    assert data.first_non_utf8_byte(path) == (0xF0, 3)

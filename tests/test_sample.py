@@ -66,7 +66,8 @@ def test_streaming_prints_the_same_text(trained):
 @pytest.mark.parametrize("quantize", ["", "int8"])
 def test_greedy_output_is_the_models_greedy_generation(trained, quantize):
     from checkpoint import load_checkpoint, model_from_checkpoint
-    from generate import generate, prepare_for_decoding
+    from fastdecode import prepare_for_decoding
+    from generate import generate
 
     ckpt = load_checkpoint(str(trained / "best.pt"))
     model = prepare_for_decoding(model_from_checkpoint(ckpt), quantize)
@@ -101,11 +102,11 @@ def test_a_prompt_longer_than_the_context_is_cropped_with_a_warning(trained):
 
 
 def test_quantize_is_handed_to_the_decoding_transform(trained, monkeypatch):
-    import generate
+    import fastdecode
 
-    prepare, seen = generate.prepare_for_decoding, []
+    prepare, seen = fastdecode.prepare_for_decoding, []
     monkeypatch.setattr(
-        generate,
+        fastdecode,
         "prepare_for_decoding",
         lambda model, quantize="": seen.append(quantize) or prepare(model, quantize),
     )
@@ -117,11 +118,16 @@ def test_quantize_is_handed_to_the_decoding_transform(trained, monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--temperature=-0.5"], "temperature=-0.5"),
-        (["--top_p=0"], "top_p=0"),
+        (["--temperature=-0.5"], "temperature=-0.5 must be in [0, 100]"),
+        (["--temperature=101"], "temperature=101.0 must be in [0, 100]"),
+        (["--top_p=0"], "top_p=0.0 must be in (0, 1]"),
         (["--top_p=1.5"], "top_p=1.5"),
-        (["--top_k=-1"], "top_k=-1"),
-        (["--repetition_penalty=0"], "repetition_penalty=0"),
+        (["--top_k=-1"], "top_k=-1 must be at least 0"),
+        (["--repetition_penalty=0"], "repetition_penalty=0.0 must be in [0.1, 10]"),
+        (["--max_new_tokens=0"], "max_new_tokens=0 must be in [1, 100_000]"),
+        (["--max_new_tokens=1000000000"], "max_new_tokens=1000000000"),
+        (["--seed=-1"], "--seed=-1"),
+        (["--seed=18446744073709551616"], "--seed=18446744073709551616 must be in [0, 2**63)"),
         (["--start=FILE:/nonexistent/prompt.txt"], "prompt file"),
         (["--temprature=1"], "unknown key 'temprature'"),
         (["--repetition_penalty=1e-30"], "repetition_penalty=1e-30"),
@@ -129,7 +135,7 @@ def test_quantize_is_handed_to_the_decoding_transform(trained, monkeypatch):
         (["--device=meta"], "--device=meta"),
         (["--num_samples=0"], "--num_samples"),
         (["--ckpt=nope.pt"], "no checkpoint"),
-        (["--quantize=int4"], "--quantize='int4'"),
+        (["--quantize=int4"], "--quantize=int4: use '' or bf16 or int8"),
     ]
     + ([] if torch.cuda.is_available() else [(["--device=cuda"], "no CUDA")]),
 )
@@ -161,9 +167,9 @@ def test_several_samples_decode_as_one_batch_and_each_is_its_seeds_text(trained)
 
 @pytest.fixture
 def fake_compiled_step(monkeypatch):
-    """compile_for_decoding replaced by a recorder (the real build is tested in test_generate.py): the
+    """compile_for_decoding replaced by a recorder (the real build is tested in test_fastdecode.py): the
     build flag of each call, and how many decode steps ran through the step it returned."""
-    import generate
+    import fastdecode
 
     calls = {"builds": [], "steps": 0}
     built = set()
@@ -181,7 +187,7 @@ def fake_compiled_step(monkeypatch):
 
         return step
 
-    monkeypatch.setattr(generate, "compile_for_decoding", compile_for_decoding)
+    monkeypatch.setattr(fastdecode, "compile_for_decoding", compile_for_decoding)
     return calls
 
 
@@ -196,8 +202,8 @@ def test_sample_uses_the_compiled_step_once_built_and_never_with_compile_false(t
     later = sample(trained, "--temperature=0")
     assert fake_compiled_step["steps"] > steps and "note" not in later.stderr
     assert eager.stdout == first.stdout == built.stdout == later.stdout
-    for value in ("'yes'", "1"):
-        assert_clean_error(sample(trained, f"--compile={value}"), f"--compile={value}")
+    for value in ("yes", "1"):
+        assert_clean_error(sample(trained, f"--compile={value}"), f"--compile={value}: use None or True or False")
 
 
 def test_missing_and_foreign_checkpoints_fail_with_one_line(tmp_path):

@@ -82,11 +82,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    began = time.perf_counter()
     process, url = start_server(
         f"--out_dir={model_dir}", f"--max_tokens_limit={LIMIT}", f"--max_requests={MAX_REQUESTS}"
     )
-    assert time.perf_counter() - began < 30  # seconds, most of them importing torch on a busy machine
     assert url.startswith("http://127.0.0.1:")  # not reachable from other machines unless asked
     yield url
     process.terminate()
@@ -428,7 +426,7 @@ def test_the_server_still_answers_after_bad_requests(server):
         (["--max_tokens_limit=0"], "--max_tokens_limit=0"),
         (["--device=tpu"], "--device=tpu"),
         (["--out_dir=/nonexistent"], "no checkpoint"),
-        (["--quantize=int4"], "--quantize='int4'"),
+        (["--quantize=int4"], "--quantize=int4: use '' or bf16 or int8"),
     ],
 )
 def test_bad_options_fail_with_one_line(args, message):
