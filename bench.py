@@ -1,18 +1,22 @@
 """Benchmarks that print figures (no pass/fail): python bench.py --what=prepare|decode|quantize|train|recipe
 
-prepare: prepare.py as a whole process on `stories` repeated to about `prepare_mb` MB, beside the ceiling
-         (a process that only reads the file, splits the stories over all cores and encodes them).
-decode:  our sampler (generate.py), eager and with the compiled decode step, at llama2.c's 15M and 42M shapes,
-         batch 1, 4 and 16, alternating with llama2.c's run.c (../shared/anchors/llama2c_decode.py) in the same
-         minutes; at batch 1 also with --quantize's bf16 and int8 weights. Ends with the line `decode tok/s: N`:
-         15M, batch 1, fp32, the compiled step (sample.py's default path once a checkpoint's step is built).
-         --decode_device=cuda: the same on a GPU in sample.py's dtype (bf16), the compiled step in CUDA graphs.
-quantize: what --quantize costs on a trained checkpoint (--quantize_out_dir): val bpb, greedy agreement with fp32.
-train:   a preset's training step (forward, chunked loss, backward, AdamW) on random tokens: ms/iter, tokens/s,
-         MFU on GPUs, peak memory, attention backend, compile time; with --llama2c_dir, llama2.c's model.py beside it.
-recipe:  every training recipe's lr sweep at equal tokens on held-out stories (see bench_recipe).
+prepare:  prepare.py as a whole process on --stories repeated to about prepare_mb MB, beside the ceiling (a
+          process that only reads the file, splits the stories over all cores and encodes them).
+decode:   our sampler (generate.py), eager and with the compiled decode step, with fp32 weights and with
+          --quantize's, at llama2.c's shapes with random weights, alternating round by round with llama2.c's
+          run.c (../shared/anchors/llama2c_decode.py) and llama.cpp (llama-cpp-python, the same weights
+          exported as GGUF f32 and q8_0). Ends with `decode tok/s: N` (15M, batch 1, fp32, compiled).
+          --decode_device=cuda: the same on a GPU in sample.py's dtype, the compiled step in CUDA graphs.
+quantize: what --quantize costs on a trained checkpoint (--quantize_out_dir): val bpb, greedy agreement.
+train:    a preset's training step on random tokens: ms/iter, tokens/s, MFU on GPUs, peak memory; with
+          --llama2c_dir, llama2.c's model.py beside it.
+recipe:   the tuned AdamW recipe against train.py's default in one regime (--recipe_regime): lr sweeps at
+          equal tokens, scored by eval.py's exact per-story bits per byte on held-out stories.
+
+Stories come from --stories (a TinyStories-style .txt file); nothing outside the repository is assumed.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -20,114 +24,113 @@ import sys
 import tempfile
 import time
 
-from configurator import configure
+from configurator import UserError, configure
 
 what = "prepare"
-stories = "../shared/tinystories/stories_2500.txt"
+stories = ""  # a TinyStories-style .txt file (prepare, quantize and recipe read it)
 prepare_mb = 200
 compile = False  # train: torch.compile the model
-threads = 2  # decode: torch threads, and run.c's OpenMP threads
+threads = 2  # decode: torch threads, run.c's OpenMP threads and llama.cpp's threads
 rounds = 3  # decode and train: alternating rounds, for ranges on a noisy machine
-decode_shapes = "15M,42M"  # decode: of SHAPES
-decode_quantize = (
-    "bf16,int8"  # decode: also these --quantize choices at batch 1; quantize: the ones compared with fp32
-)
+decode_shapes = "15M,42M,110M"  # decode: of SHAPES
+decode_batches = "1,4,16"  # decode: batch sizes of the fp32 rows
+decode_quantize = "bf16,int8"  # decode: also these --quantize choices at batch 1; quantize: those compared
+decode_tokens = 256  # decode: positions per sample, prompt included (run.c's --steps): 16 prompt, 240 new
+decode_device = "cpu"  # decode: cpu (beside run.c and llama.cpp) or cuda (sample.py's dtype, CUDA graphs)
+llama_cpp_types = "f32,q8_0"  # decode: llama.cpp's rows, GGUF types ('' for none)
 quantize_out_dir = ""  # quantize: the trained checkpoint's directory
 quantize_prompts = 16  # quantize: greedy samples, one per story opening
 quantize_tokens = 240  # quantize: new tokens per greedy sample
-decode_tokens = (
-    256  # decode: positions per sample, prompt included (run.c's --steps): a 16-token prompt, 240 new
-)
-decode_device = (
-    "cpu"  # decode: cpu (beside run.c, fp32 and decode_quantize) or cuda (sample.py's dtype, CUDA graphs)
-)
 preset = "config/train_llama2c_15m.py"  # train: the config file whose shape and batch are timed
 train_device = ""  # train: '' picks cuda, then mps, then cpu
 train_steps = 5  # train: steps timed per round, after one warm-up step
 train_batch_size = 0  # train: replaces the preset's batch_size (0: keep it)
 train_vocab_size = 0  # train: the vocabulary (0: 32000, llama2.c's)
 llama2c_dir = ""  # train: a checkout of llama2.c, whose model.py is timed beside ours
-# recipe: every recipe's lr sweep at equal tokens on `stories`, its first recipe_train_stories for training
-recipes = "adamw,muon,muon_wsd,default"  # which of RECIPES to run, comma-separated; the first sets the target
-recipe_lrs = ""  # replaces sweeps, e.g. "adamw=5e-3;default=1e-2,2e-2"
-recipe_train_stories = 2000  # the rest of `stories` are the held-out val split
-recipe_shape = "--dim=64 --n_layers=4 --n_heads=4"
-recipe_block = 128  # context; a batch is 16 windows
-recipe_iters = 200
-recipe_args = (
-    ""  # more train.py arguments for every run, e.g. "--muon_momentum_warmup=0" to measure one option
+recipe_regime = "many_passes"  # recipe: one_pass (batch 8 x 256, 200 steps) or many_passes (16 x 256, 600)
+recipes = "adamw,default"  # recipe: which of RECIPES, comma-separated; the first is the baseline
+recipe_lrs = ""  # recipe: replaces the sweeps, e.g. "adamw=4e-3;default=1e-2,2e-2"
+recipe_seeds = "1337"  # recipe: each run once per seed, e.g. "1337,2"
+recipe_args = ""  # recipe: more train.py arguments for every run, to measure one lever
+recipe_jobs = 2  # recipe: runs at once, each on cores / recipe_jobs threads
+recipe_out = "out/bench_recipe"  # recipe: runs and the prepared data are kept here, and read back
+checks = {
+    "what": ("prepare", "decode", "quantize", "train", "recipe"),
+    "rounds": "[1, inf)",
+    "threads": "[1, inf)",
+}
+configure(
+    globals(), checks={**checks, "recipe_regime": ("one_pass", "many_passes"), "recipe_jobs": "[1, inf)"}
 )
-recipe_fractions = "0.25,0.3"  # the last recipe retries the first one's final bpb in runs this much shorter
-recipe_jobs = 2  # runs at once, each on cores / recipe_jobs threads (OMP_NUM_THREADS, if set, wins)
-recipe_out = "out/bench_recipe"  # runs and the prepared data are kept here
-configure(globals())
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-CEILING = """
-import sys
-from multiprocessing import Pool
-sys.path.insert(0, sys.argv[2])
-import tokenizer
-def init():
-    global enc
-    enc = tokenizer.gpt2_encoding()
-def work(stories):
-    return sum(len(enc.encode_ordinary(s)) for s in stories)
-if __name__ == "__main__":
-    stories = open(sys.argv[1], encoding="utf-8").read().split(tokenizer.EOT)
-    n = len(stories) // 64 + 1
-    with Pool(initializer=init) as pool:
-        print(sum(pool.imap(work, [stories[i:i + n] for i in range(0, len(stories), n)])))
-"""
-
-
-def timed(cmd):
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE)
-    return time.perf_counter() - start
-
-
-def bench_prepare():
-    if not os.path.isfile(stories):
-        sys.exit(f"error: {stories} not found: pass --stories=PATH to a TinyStories .txt file")
-    with tempfile.TemporaryDirectory() as tmp:
-        text = open(stories, encoding="utf-8").read()
-        big = os.path.join(tmp, "big.txt")
-        with open(big, "w", encoding="utf-8") as f:
-            for _ in range(max(1, round(prepare_mb * 1e6 / len(text.encode())))):
-                f.write(text)
-        mb = os.path.getsize(big) / 1e6
-        print(f"input: {mb:.0f} MB ({stories} repeated), {os.cpu_count()} cores")
-        ceiling = timed([sys.executable, "-c", CEILING, big, HERE])
-        prep = timed([sys.executable, "prepare.py", f"--input={big}", f"--out_dir={tmp}/out"])
-        print(f"{'way of encoding':<48} {'seconds':>8} {'MB/s':>8}")
-        print(f"{'ceiling: read, split, Pool.map encode_ordinary':<48} {ceiling:8.2f} {mb / ceiling:8.1f}")
-        print(f"{'python prepare.py (gpt2, writes train/val.bin)':<48} {prep:8.2f} {mb / prep:8.1f}")
-        print(f"prepare.py reaches {ceiling / prep:.0%} of the ceiling")
-
-
-SHAPES = {
+SHAPES = {  # llama2.c's stories15M, 42M and 110M
     "15M": dict(dim=288, n_layers=6, n_heads=6, max_seq_len=256),
     "42M": dict(dim=512, n_layers=8, n_heads=8, max_seq_len=1024),
+    "110M": dict(dim=768, n_layers=12, n_heads=12, max_seq_len=1024),
+}
+VOCAB = 32000  # llama2.c's
+REGIMES = {"one_pass": (8, 200), "many_passes": (16, 600)}  # batch of 256-token windows, iterations
+# name: (train.py arguments, learning rates swept); every run adds the setting's shape, batch and length
+RECIPES = {
+    "adamw": (["config/train_baseline_adamw.py"], [1e-3, 2e-3, 4e-3, 8e-3]),  # llama2.c's recipe, lr tuned
+    "default": ([], [5e-3, 1e-2, 2e-2, 4e-2]),  # train.py's defaults
 }
 
 
-def llama2c_decode(shape, tokens):
-    """run.c's own "achieved tok/s" (best of 3) at this shape, or None where the anchor is not beside us."""
+def story_file():
+    if not os.path.isfile(stories):
+        raise UserError(f"--what={what} reads stories: pass --stories=PATH to a TinyStories-style .txt file")
+    return stories
+
+
+def median(values):
+    return sorted(values)[len(values) // 2]
+
+
+def run(cmd, **kwargs):
+    """A repository script as a subprocess; its own one-line error ends this run."""
+    done = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, **kwargs)
+    if done.returncode:
+        raise UserError(f"{' '.join(cmd[1:3])}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
+    return done
+
+
+def bench_prepare():
+    ceiling_code = (
+        "import sys; from multiprocessing import Pool; sys.path.insert(0, sys.argv[2]); import tokenizer\n"
+        "def work(s): return sum(len(tokenizer.gpt2_encoding().encode_ordinary(x)) for x in s)\n"
+        "if __name__ == '__main__':\n"
+        "    s = open(sys.argv[1], encoding='utf-8').read().split(tokenizer.EOT); n = len(s) // 64 + 1\n"
+        "    with Pool() as pool: print(sum(pool.imap(work, [s[i:i + n] for i in range(0, len(s), n)])))\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        text = open(story_file(), encoding="utf-8").read()
+        big = os.path.join(tmp, "big.txt")
+        with open(big, "w", encoding="utf-8") as f:
+            f.write(text * max(1, round(prepare_mb * 1e6 / len(text.encode()))))
+        mb = os.path.getsize(big) / 1e6
+        print(f"input: {mb:.0f} MB ({stories} repeated), {os.cpu_count()} cores")
+        began = time.perf_counter()
+        run([sys.executable, "-c", ceiling_code, big, HERE])
+        ceiling, began = time.perf_counter() - began, time.perf_counter()
+        run([sys.executable, "prepare.py", f"--input={big}", f"--out_dir={tmp}/out"])
+        prep = time.perf_counter() - began
+        print(
+            f"{'ceiling: read, split, Pool.map encode_ordinary':<48} {ceiling:8.2f} s {mb / ceiling:8.1f} MB/s"
+        )
+        print(f"{'python prepare.py (gpt2, writes train/val.bin)':<48} {prep:8.2f} s {mb / prep:8.1f} MB/s")
+
+
+def llama2c_decode(shape):
+    """run.c's own "achieved tok/s" at this shape, or None where the anchor is not beside the repository."""
     anchor = os.path.join(HERE, "..", "shared", "anchors", "llama2c_decode.py")
     if not os.path.isfile(anchor):
         return None
+    args = [f"--{k}={shape[k]}" for k in ("dim", "n_layers", "n_heads")] + [
+        f"--seq_len={shape['max_seq_len']}"
+    ]
     out = subprocess.run(
-        [
-            sys.executable,
-            anchor,
-            f"--dim={shape['dim']}",
-            f"--n_layers={shape['n_layers']}",
-            f"--n_heads={shape['n_heads']}",
-            f"--seq_len={shape['max_seq_len']}",
-            f"--steps={tokens}",
-            f"--threads={threads}",
-        ],
+        [sys.executable, anchor, *args, f"--steps={decode_tokens}", f"--threads={threads}"],
         capture_output=True,
         text=True,
     )
@@ -135,154 +138,199 @@ def llama2c_decode(shape, tokens):
     return float(found.group(1)) if found else None
 
 
-def median(values):
-    return sorted(values)[len(values) // 2]
+def synthetic_spec(vocab_size):
+    """A byte-level BPE of exactly vocab_size ids (bytes, then byte pairs), so that random weights of llama2.c's
+    32000-id shapes can be written as GGUF: decoding random weights never looks at what the ids spell."""
+    import tokenizer
+
+    pairs = [bytes([a, b]) for a in range(256) for b in range(256)][: vocab_size - 257]
+    return tokenizer.bpe_spec({t: i for i, t in enumerate([bytes([b]) for b in range(256)] + pairs)})
 
 
-def quantize_choices():
-    """fp32 ('') and decode_quantize's choices, each checked as the scripts check --quantize."""
-    from generate import check_quantize
-
-    choices = ["", *filter(None, decode_quantize.split(","))]
-    for choice in choices:
-        try:
-            check_quantize(choice, "cpu")
-        except ValueError as e:
-            sys.exit(f"error: --decode_quantize: {e}")
-    return choices
-
-
-def choose_device(device, flag):
-    """device.choose's device and its default dtype (fp32 on CPU, bf16 on GPUs), or one error line."""
-    from device import choose
-
+def llama_cpp_sampler(model, gguf_type, tmp):
+    """A function decoding like ours with llama.cpp on the model's weights exported as GGUF, or None when
+    llama-cpp-python or gguf is missing. Its extra CPU buffer types are off: on CPUs that report AMX in a VM
+    that does not enable it, ggml's AMX kernels die with SIGILL."""
     try:
-        return choose(device, "", flag)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+        import llama_cpp
+        import numpy as np
+
+        from llamacpp import export_gguf
+    except ImportError:
+        return None
+    path = os.path.join(tmp, f"{gguf_type}.gguf")
+    checkpoint = {
+        "model_args": vars(model.config),
+        "model": model.state_dict(),
+        "tokenizer": synthetic_spec(VOCAB),
+    }
+    export_gguf(checkpoint, path, gguf_type)
+    params = llama_cpp.llama_cpp.llama_model_default_params()
+    params.use_extra_bufts = False
+    plain = lambda: params  # noqa: E731
+    default, llama_cpp.llama_cpp.llama_model_default_params = (
+        llama_cpp.llama_cpp.llama_model_default_params,
+        plain,
+    )
+    try:
+        llm = llama_cpp.Llama(
+            path, n_ctx=model.config.max_seq_len, n_threads=threads, n_batch=64, verbose=False
+        )
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = default
+
+    def decode(prompt, new_tokens):
+        llm.reset()
+        llm.eval(prompt)
+        out = []
+        for _ in range(new_tokens):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(VOCAB,))
+            out.append(int(logits.argmax()))  # greedy, as ours
+            llm.eval([out[-1]])
+        return out
+
+    return decode
 
 
 def bench_decode():
-    """Our sampler beside llama2.c's run.c, alternating in the same minutes: greedy, 16-token prompt, fp32 on
-    CPU (on a GPU, sample.py's dtype and no run.c).
+    """Our sampler beside run.c and llama.cpp, alternating in the same minutes: greedy, 16-token prompt.
 
     Both of sample.py's paths: eager (a checkpoint whose compiled decode step is not built yet) and the
-    compiled step (built once per checkpoint and batch size, then loaded: sample.py's default from then on);
-    and at batch 1 the same with each --quantize of decode_quantize.
+    compiled step (built once per checkpoint and batch size, then loaded); at batch 1 also each
+    --quantize of decode_quantize. Tokens per second count the new tokens, over the time from the prompt to
+    the last one; the first token's time is the prefill and one step.
     """
     import torch
 
-    from device import DTYPES
-    from generate import compile_for_decoding, prepare_for_decoding, stream
+    from device import DTYPES, choose
+    from fastdecode import QUANTIZE, compile_for_decoding, prepare_for_decoding
+    from generate import stream
     from model import Llama, ModelConfig
 
     torch.set_num_threads(threads)
-    device, dtype = choose_device(decode_device, "--decode_device")
+    device, dtype = choose(decode_device, "", "--decode_device")
     on_cpu = device.startswith("cpu")
+    quantized = [q for q in decode_quantize.split(",") if q] if on_cpu else []
+    if set(quantized) - set(QUANTIZE):
+        raise UserError(f"--decode_quantize={decode_quantize}: use bf16 and/or int8")
+    new = decode_tokens - 16
     print(
-        f"{device} ({threads} threads), {dtype}, greedy, {decode_tokens} positions as run.c's --steps: a 16-token "
-        f"prompt and {decode_tokens - 16} new tokens, {rounds} rounds (ranges are min-max over rounds); our tok/s "
-        "count only the new tokens, over the time from the prompt to the last token"
+        f"{device} ({threads} threads), {dtype}, greedy, a 16-token prompt and {new} new tokens, {rounds} rounds"
     )
-    if not on_cpu and decode_quantize:
-        print(
-            f"note: --quantize is for CPUs, so decode_quantize's rows ({decode_quantize}) are left out on {device}"
-        )
     headline = None
-    for name in decode_shapes.split(","):
-        shape = SHAPES[name]
-        samplers = []  # (label, model, compiled step or None, batch)
-        for quantize in quantize_choices() if on_cpu else [""]:  # --quantize is for CPUs
-            torch.manual_seed(0)  # the same weights for every variant
-            model = Llama(ModelConfig(vocab_size=32000, tie_embeddings=True, **shape)).to(
-                device, DTYPES[dtype]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in decode_shapes.split(","):
+            if name not in SHAPES:
+                raise UserError(f"--decode_shapes: {name} is not one of {', '.join(SHAPES)}")
+            shape, samplers = SHAPES[name], {}  # label: (decode(prompt) -> (seconds, first), batch)
+            for quantize in ["", *quantized]:
+                torch.manual_seed(0)  # the same weights for every variant
+                model = Llama(ModelConfig(vocab_size=VOCAB, tie_embeddings=True, **shape)).to(
+                    device, DTYPES[dtype]
+                )
+                model = prepare_for_decoding(model, quantize)
+                for batch in [int(b) for b in decode_batches.split(",")] if not quantize else [1]:
+                    steps = {"eager": None}
+                    try:
+                        began = time.perf_counter()
+                        steps["compiled"] = compile_for_decoding(model, batch)
+                        print(
+                            f"{name} {quantize} compiled step, batch {batch}: {time.perf_counter() - began:.1f} s"
+                        )
+                    except RuntimeError as e:  # no C++ compiler, say: the eager rows still stand
+                        print(f"{name} no compiled decode step: {e}")
+                    for kind, step in steps.items():
+                        label = f"ours, {kind}, {quantize or dtype.replace('float', 'fp')}, batch {batch}"
+                        samplers[label] = (ours_sampler(model, step, batch, new, stream, torch), batch)
+            if on_cpu:
+                torch.manual_seed(0)
+                reference = Llama(ModelConfig(vocab_size=VOCAB, tie_embeddings=True, **shape))
+                for gguf_type in filter(None, llama_cpp_types.split(",")):
+                    decode = llama_cpp_sampler(reference, gguf_type, tmp)
+                    if decode:
+                        samplers[f"llama.cpp, {gguf_type}, batch 1"] = (timed_llama_cpp(decode, new), 1)
+            figures = {label: [] for label in samplers}
+            for sampler, _ in samplers.values():  # warm-up
+                sampler()
+            for _ in range(rounds):
+                for label, (sampler, batch) in samplers.items():
+                    seconds, first = sampler()
+                    figures[label].append((batch * new / seconds, first * 1e3))
+                rc = llama2c_decode(shape) if on_cpu else None
+                if rc is not None:
+                    figures.setdefault("llama2.c run.c, fp32, batch 1", []).append((rc, float("nan")))
+            print(
+                f"{'shape':<5} {'sampler (tokens/s over the batch)':<38} {'tok/s, min-max':>16} {'first ms':>9}"
             )
-            model = prepare_for_decoding(model, quantize)
-            prefix = f"{quantize} " if quantize else ""
-            for batch in (1, 4, 16) if not quantize else (1,):
-                samplers.append((f"{prefix}eager, batch {batch}", model, None, batch))
-                start = time.perf_counter()
-                try:
-                    step = compile_for_decoding(model, batch)
-                except RuntimeError as e:  # no C++ compiler, say: the eager rows still stand
-                    print(f"{name:<6} no compiled decode step: {e}", flush=True)
-                    continue
-                print(
-                    f"{name:<6} {prefix}compiled decode step, batch {batch}: ready in "
-                    f"{time.perf_counter() - start:5.1f} s (built the first time, loaded from the cache afterwards)",
-                    flush=True,
-                )
-                samplers.append((f"{prefix}compiled, batch {batch}", model, step, batch))
-        runs = {}
-
-        def run_sampler(label, model, step, batch):
-            prompt = torch.randint(0, 32000, (batch, 16), device=device)
-            start = time.perf_counter()
-            first = None
-            for n, token in enumerate(
-                stream(model, prompt, decode_tokens - 16, temperature=0, repetition_penalty=1.0, step=step), 1
-            ):
-                if first is None:
-                    token.tolist()  # waits for the GPU
-                    first = time.perf_counter() - start
-            token.tolist()
-            runs.setdefault(label, []).append((batch * n / (time.perf_counter() - start), first * 1e3))
-
-        for sampler in samplers:  # warm-up
-            run_sampler("warm-up", *sampler[1:])
-        for _ in range(rounds):
-            for sampler in samplers:
-                run_sampler(*sampler)
-            rc = llama2c_decode(shape, decode_tokens) if on_cpu else None
-            if rc is not None:
-                runs.setdefault("llama2.c run.c, batch 1", []).append((rc, float("nan")))
-        print(
-            f"{'shape':<6} {'sampler (total tok/s over the batch)':<40} {'tok/s':>16} {'first token ms':>15}"
-        )
-        for label, figures in runs.items():
-            if label == "warm-up":
-                continue
-            rates, firsts = zip(*figures)
-            print(f"{name:<6} {label:<40} {min(rates):7.0f}-{max(rates):<8.0f} {min(firsts):15.1f}")
-        if "llama2.c run.c, batch 1" in runs:
-            theirs = [r for r, _ in runs["llama2.c run.c, batch 1"]]
-            for label in [label for label, _, _, batch in samplers if batch == 1]:
-                ours = [r for r, _ in runs[label]]
-                print(
-                    f"{name} {label} / run.c, round by round: {', '.join(f'{a / b:.2f}x' for a, b in zip(ours, theirs))}"
-                )
-        if name == "15M":  # sample.py's default path: the compiled step once it is built
-            headline = median([r for r, _ in runs.get("compiled, batch 1", runs["eager, batch 1"])])
-    if headline is not None:  # median over rounds
+            for label, rows in figures.items():
+                rates, firsts = zip(*rows)
+                print(f"{name:<5} {label:<38} {min(rates):7.0f}-{max(rates):<8.0f} {min(firsts):9.1f}")
+            fp = dtype.replace("float", "fp")
+            pairs = [
+                (f"ours, {kind}, {fp}, batch 1", "llama2.c run.c, fp32, batch 1")
+                for kind in ("eager", "compiled")
+            ]
+            pairs += [(f"ours, compiled, {fp}, batch 1", "llama.cpp, f32, batch 1")]
+            pairs += [(f"ours, compiled, {q}, batch 1", "llama.cpp, q8_0, batch 1") for q in quantized]
+            for ours, anchor in [(a, b) for a, b in pairs if a in figures and b in figures]:
+                ratios = ", ".join(f"{a[0] / b[0]:.2f}x" for a, b in zip(figures[ours], figures[anchor]))
+                print(f"{name} {ours} / {anchor}, round by round: {ratios}")
+            if name == "15M":
+                ours = figures.get(f"ours, compiled, {dtype.replace('float', 'fp')}, batch 1")
+                headline = median([r for r, _ in ours]) if ours else None
+    if headline is not None:
         print(f"decode tok/s: {headline:.0f}")
 
 
-def bench_quantize():
-    """What --quantize costs in quality, on a trained checkpoint (quantize_out_dir): eval.py's bits per byte
-    on its val split, and greedy agreement with fp32 from the openings of `stories`: the share of positions
-    whose greedy token is fp32's when both read fp32's greedy text (teacher-forced), and how far the two
-    greedy texts run identical (free-running)."""
-    import json
+def ours_sampler(model, step, batch, new, stream, torch):
+    def sample():
+        prompt = torch.randint(0, VOCAB, (batch, 16), device=model.embed_tokens.weight.device)
+        began, first = time.perf_counter(), None
+        for token in stream(model, prompt, new, temperature=0, repetition_penalty=1.0, step=step):
+            if first is None:
+                token.tolist()  # waits for a GPU
+                first = time.perf_counter() - began
+        token.tolist()
+        return time.perf_counter() - began, first
 
+    return sample
+
+
+def timed_llama_cpp(decode, new):
+    import random
+
+    def sample():
+        prompt = [random.randrange(VOCAB) for _ in range(16)]
+        began = time.perf_counter()
+        decode(prompt, 1)
+        first = time.perf_counter() - began
+        began = time.perf_counter()
+        decode(prompt, new)
+        return time.perf_counter() - began, first
+
+    return sample
+
+
+def bench_quantize():
+    """What --quantize costs in quality, on a trained checkpoint: eval.py's bits per byte on its val split, and
+    greedy agreement with fp32 from the openings of --stories: the share of positions whose greedy token is
+    fp32's when both read fp32's greedy text (teacher-forced), and how far the greedy texts run identical."""
     import torch
 
     import tokenizer
-    from checkpoint import load_model
-    from generate import encode_prompt, prepare_for_decoding, stream
+    from fastdecode import load_for_decoding
+    from generate import encode_prompt, stream
 
     torch.set_num_threads(threads)
     if not quantize_out_dir:
-        sys.exit("error: --what=quantize needs --quantize_out_dir=DIR, a training run's directory")
-    texts = open(stories, encoding="utf-8").read().split(tokenizer.EOT)[:quantize_prompts]
-    print(
-        f"{quantize_out_dir}: bpb on its val split (eval.py), greedy agreement with fp32 from the first 8 words "
-        f"of {len(texts)} stories of {stories}, up to {quantize_tokens} new tokens each (within the context)"
-    )
+        raise UserError("--what=quantize needs --quantize_out_dir=DIR, a training run's directory")
+    texts = open(story_file(), encoding="utf-8").read().split(tokenizer.EOT)[:quantize_prompts]
+    print(f"{quantize_out_dir}: val bpb (eval.py) and greedy agreement with fp32 from {len(texts)} openings")
     print(f"{'weights':<8} {'val bpb':>8} {'vs fp32':>8} {'teacher-forced':>15} {'identical, median':>18}")
     reference = None
-    for quantize in quantize_choices():
+    for quantize in ["", *filter(None, decode_quantize.split(","))]:
         with tempfile.TemporaryDirectory() as tmp:
-            scored = subprocess.run(
+            run(
                 [
                     sys.executable,
                     "eval.py",
@@ -291,20 +339,13 @@ def bench_quantize():
                     "--device=cpu",
                     f"--quantize={quantize}",
                     f"--output={tmp}/eval.json",
-                ],
-                cwd=HERE,
-                capture_output=True,
-                text=True,
+                ]
             )
-            if scored.returncode:
-                sys.exit(scored.stderr.strip().splitlines()[-1])  # eval.py's own one-line error
             bpb = json.load(open(f"{tmp}/eval.json"))["lm"]["bpb"]
-        model, spec, _ = load_model(quantize_out_dir, "", "")
-        model = prepare_for_decoding(model, quantize)
-        enc, context = tokenizer.load_tokenizer(spec), model.config.max_seq_len
+        model, enc, _, _ = load_for_decoding(quantize_out_dir, device="cpu", quantize=quantize, compile=False)
+        context = model.config.max_seq_len
         prompts = [encode_prompt(enc, " ".join(t.split()[:8]), context)[0] for t in texts]
-        # greedy, within one context window (so the teacher-forced pass below is one forward)
-        outs = [
+        outs = [  # greedy, within one context window (so the teacher-forced pass below is one forward)
             torch.cat(
                 [
                     torch.tensor([p]),
@@ -339,24 +380,15 @@ def bench_quantize():
 
 
 def bench_train():
-    """ms/iter, tokens/s, MFU, peak memory, attention backend and compile time of a preset's training step,
-    on random tokens; on CPU also the ratio to llama2.c's model.py (--llama2c_dir) at the same shape."""
+    """ms/iter, tokens/s, MFU, peak memory, attention backend and compile time of a preset's training step
+    (forward, chunked loss, backward, AdamW) on random tokens; on CPU also llama2.c's model.py beside it."""
     import torch
 
-    from device import DTYPES, peak_flops
+    from device import DTYPES, choose, peak_flops
     from model import Llama, ModelConfig, pick_attention_backend
 
-    options = {
-        "dim": 288,
-        "n_layers": 6,
-        "n_heads": 6,
-        "n_kv_heads": 0,
-        "hidden_dim": 0,
-        "vocab_size": 32000,
-        "tie_embeddings": True,
-        "block_size": 256,
-        "batch_size": 8,
-    }
+    options = dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=0, hidden_dim=0, vocab_size=VOCAB)
+    options |= dict(tie_embeddings=True, block_size=256, batch_size=8)
     if preset:  # the preset's shape and batch: those of its assignments we know
         assignments = {}
         exec(open(preset).read(), assignments)
@@ -364,18 +396,14 @@ def bench_train():
     options.update(
         {k: v for k, v in (("batch_size", train_batch_size), ("vocab_size", train_vocab_size)) if v}
     )
-    device, dtype = choose_device(train_device, "--train_device")
+    device, dtype = choose(train_device, "", "--train_device")
     torch.manual_seed(0)
-    model = Llama(
-        ModelConfig(
-            max_seq_len=options["block_size"],
-            **{k: options[k] for k in options if k not in ("block_size", "batch_size")},
-        )
-    ).to(device)
+    shape = {k: v for k, v in options.items() if k not in ("block_size", "batch_size")}
+    model = Llama(ModelConfig(max_seq_len=options["block_size"], **shape)).to(device)
     backend = pick_attention_backend(model.config, device, DTYPES[dtype])
     x = torch.randint(0, options["vocab_size"], (options["batch_size"], options["block_size"]), device=device)
     autocast = torch.autocast(device.split(":")[0], dtype=DTYPES[dtype], enabled=dtype != "float32")
-    tokens = x.numel()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
 
     def step_fn(m):
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device.startswith("cuda"))
@@ -392,62 +420,47 @@ def bench_train():
 
         return step
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     def time_steps(step):
-        start = time.perf_counter()
+        began = time.perf_counter()
         for _ in range(train_steps):
             step()
         sync()
-        return (time.perf_counter() - start) / train_steps
+        return (time.perf_counter() - began) / train_steps
 
-    ours = step_fn(model)
-    start = time.perf_counter()
-    ours()
+    steps = {"ours": step_fn(model)}
+    began = time.perf_counter()
+    steps["ours"]()
     sync()
-    first = time.perf_counter() - start
-    peers = {}
+    first = time.perf_counter() - began
     if llama2c_dir and device == "cpu":
         import importlib.util
 
         spec = importlib.util.spec_from_file_location("llama2c_model", os.path.join(llama2c_dir, "model.py"))
         llama2c = importlib.util.module_from_spec(spec)  # llama2.c's model.py (MIT), read from its checkout
         spec.loader.exec_module(llama2c)
+        names = ("dim", "n_layers", "n_heads", "vocab_size")
         args = llama2c.ModelArgs(
-            dim=options["dim"],
-            n_layers=options["n_layers"],
-            n_heads=options["n_heads"],
-            vocab_size=options["vocab_size"],
-            max_seq_len=options["block_size"],
-            dropout=0.0,
+            **{k: options[k] for k in names}, max_seq_len=options["block_size"], dropout=0.0
         )
-        theirs = llama2c.Transformer(args)
-        peer_step = step_fn(theirs)
-        peer_step()
-        peers["llama2.c model.py"] = peer_step
+        steps["llama2.c model.py"] = step_fn(llama2c.Transformer(args))
+        steps["llama2.c model.py"]()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    figures = {"ours": [], **{k: [] for k in peers}}
+    figures = {label: [] for label in steps}
     for _ in range(rounds):  # alternate, so both see the same machine
-        figures["ours"].append(time_steps(ours))
-        for label, step in peers.items():
+        for label, step in steps.items():
             figures[label].append(time_steps(step))
-    peak = peak_flops(device)
+    peak, tokens = peak_flops(device), x.numel()
     print(
         f"{model.num_params() / 1e6:.2f}M parameters, batch {options['batch_size']} x {options['block_size']}, "
         f"{device} {dtype}, attention {backend}, compile={compile} (first step {first:.1f} s)"
     )
     for label, seconds in figures.items():
         best = min(seconds)
-        mfu = (
-            ""
-            if peak is None
-            else f", mfu {model.flops_per_token(options['block_size']) * tokens / best / peak:.1%}"
-        )
+        flops = model.flops_per_token(options["block_size"]) * tokens / best
+        mfu = "" if peak is None else f", mfu {flops / peak:.1%}"
         print(f"{label:<20} {best * 1e3:8.1f} ms/iter {tokens / best:10,.0f} tok/s (best of {rounds}){mfu}")
-    if peers:
+    if len(steps) > 1:
         ratios = [a / b for a, b in zip(figures["llama2.c model.py"], figures["ours"])]
         print(f"ours / llama2.c tokens/s, round by round: {', '.join(f'{r:.2f}x' for r in ratios)}")
     if device.startswith("cuda"):
@@ -460,153 +473,120 @@ def bench_train():
         )
 
 
-# name: (train.py arguments, learning rates swept); every run adds the setting's shape, batch and schedule length
-RECIPES = {
-    "adamw": (["config/train_baseline_adamw.py"], [2e-3, 5e-3, 1e-2]),  # the recipe before this one, lr tuned
-    "muon": (
-        ["--optimizer=muon", "--lr_schedule=cosine", "--tie_embeddings=True", "--embedding_lr_scale=1"],
-        [5e-3, 1e-2, 2e-2],
-    ),  # Muon alone
-    "muon_wsd": (["--tie_embeddings=True", "--embedding_lr_scale=1"], [5e-3, 1e-2, 2e-2, 4e-2]),  # and WSD
-    "default": ([], [5e-3, 1e-2, 2e-2, 4e-2]),  # train.py's: and untied, embedding lr x5, momentum warmup
-}
-
-
 def recipe_data():
-    """prepare.py's 4096-id BPE on the first recipe_train_stories stories, val on the rest (cached)."""
-    data = os.path.join(recipe_out, f"data_{recipe_train_stories}")
-    if os.path.isfile(os.path.join(data, "meta.json")):
-        return data
+    """prepare.py's 4096-id BPE on the first 2,000 stories of --stories, and those after them as raw text for
+    eval.py (cached in recipe_out)."""
     import tokenizer
 
-    texts = [t.strip() for t in open(stories, encoding="utf-8").read().split(tokenizer.EOT) if t.strip()]
+    data, val = os.path.join(recipe_out, "data"), os.path.join(recipe_out, "val.txt")
+    if os.path.isfile(os.path.join(data, "meta.json")):
+        return data, val
+    texts = [t.strip() for t in open(story_file(), encoding="utf-8").read().split(tokenizer.EOT) if t.strip()]
     os.makedirs(recipe_out, exist_ok=True)
-    for name, part in (("train", texts[:recipe_train_stories]), ("val", texts[recipe_train_stories:])):
-        with open(os.path.join(recipe_out, f"{name}.txt"), "w", encoding="utf-8") as f:
+    for path, part in ((os.path.join(recipe_out, "train.txt"), texts[:2000]), (val, texts[2000:])):
+        with open(path, "w", encoding="utf-8") as f:
             f.writelines(t + f"\n{tokenizer.EOT}\n" for t in part)
-    subprocess.run(
+    run(
         [
             sys.executable,
             "prepare.py",
             f"--input={recipe_out}/train.txt",
-            f"--val_input={recipe_out}/val.txt",
+            f"--val_input={val}",
             "--vocab_size=4096",
             f"--out_dir={data}",
-        ],
-        check=True,
-        cwd=HERE,
+        ]
     )
-    return data
+    return data, val
 
 
-def recipe_run(data, name, lr, iters):
-    """One training run: final val bpb, the (tokens, bpb) curve, and seconds of training (evals left out).
-    A finished run is read back from its out_dir rather than run again."""
+def recipe_run(data, val, name, lr, seed):
+    """One training run and eval.py's exact bits per byte of its final weights on the held-out stories; a
+    finished run is read back from its out_dir rather than run again."""
     import hashlib
-    import json
 
-    extra = recipe_shape.split() + [f"--block_size={recipe_block}"] + recipe_args.split()
-    out = os.path.join(
-        recipe_out, f"{name}_lr{lr:g}_it{iters}_{hashlib.md5(' '.join(extra).encode()).hexdigest()[:6]}"
-    )
-    every = max(1, iters // 6)
-    if os.path.isfile(os.path.join(HERE, out, "result.json")):
-        return json.load(open(os.path.join(HERE, out, "result.json")))
-    cmd = [
-        sys.executable,
-        "train.py",
-        *RECIPES[name][0],
-        f"--data_dir={data}",
-        f"--out_dir={out}",
-        "--overwrite=True",
-        "--batch_size=16",
-        "--gradient_accumulation_steps=1",
-        f"--max_iters={iters}",
-        f"--eval_interval={every}",
-        f"--log_interval={every}",
-        "--eval_iters=10",
-        "--warmup_iters=30",
-        "--min_lr=0.0",
-        f"--learning_rate={lr}",
-        "--compile=False",
-        "--device=cpu",
-        *extra,
-    ]
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // recipe_jobs)), **os.environ}
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=HERE, env=env)
-    wall = time.perf_counter() - start
-    log = [json.loads(line) for line in open(os.path.join(HERE, out, "log.jsonl"))]
-    curve = [(r["iter"] * 16 * recipe_block, r["val_bpb"]) for r in log if "val_bpb" in r]
-    seconds = sum(r["ms"] for r in log if "ms" in r) * every / 1000
-    result = {"bpb": curve[-1][1], "curve": curve, "seconds": seconds, "wall": wall}
-    json.dump(result, open(os.path.join(HERE, out, "result.json"), "w"))
-    return result
-
-
-def reached(run, target):
-    """Tokens and training seconds at which the run's val curve first reaches target (interpolated), or None."""
-    for (t0, b0), (t1, b1) in zip(run["curve"], run["curve"][1:]):
-        if b1 <= target:
-            tokens = t0 + (t1 - t0) * (b0 - target) / (b0 - b1)
-            return tokens, run["seconds"] * tokens / run["curve"][-1][0]
-    return None
+    batch, iters = REGIMES[recipe_regime]
+    args = [*RECIPES[name][0], f"--learning_rate={lr}", f"--seed={seed}", *recipe_args.split()]
+    key = hashlib.md5(" ".join([recipe_regime, *args]).encode()).hexdigest()[:8]
+    out = os.path.join(recipe_out, f"{recipe_regime}_{name}_lr{lr:g}_seed{seed}_{key}")
+    if not os.path.isfile(os.path.join(out, "result.json")):
+        shape = ["--dim=128", "--n_layers=4", "--n_heads=4", "--block_size=256", f"--batch_size={batch}"]
+        schedule = [
+            f"--max_iters={iters}",
+            f"--eval_interval={iters // 4}",
+            "--warmup_iters=30",
+            "--min_lr=0.0",
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // recipe_jobs))}
+        # the config file first: the setting's options after it win
+        cmd = [
+            sys.executable,
+            "train.py",
+            *args[: len(RECIPES[name][0])],
+            f"--data_dir={data}",
+            f"--out_dir={out}",
+        ]
+        cmd += ["--overwrite=True", *shape, "--gradient_accumulation_steps=1", *schedule, "--eval_iters=10"]
+        cmd += ["--compile=False", "--device=cpu", *args[len(RECIPES[name][0]) :]]
+        run(cmd, env=env)
+        run(
+            [
+                sys.executable,
+                "eval.py",
+                f"--out_dir={out}",
+                "--ckpt=ckpt.pt",
+                f"--input={val}",
+                "--samples=0",
+                f"--output={out}/eval.json",
+            ],
+            env=env,
+        )
+        log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+        train_loss = [r["loss"] for r in log if "loss" in r][-1]
+        result = {
+            "bpb": json.load(open(os.path.join(out, "eval.json")))["lm"]["bpb"],
+            "train_loss": train_loss,
+        }
+        json.dump({**result, "elapsed": log[-1]["elapsed"]}, open(os.path.join(out, "result.json"), "w"))
+    return json.load(open(os.path.join(out, "result.json")))
 
 
 def bench_recipe():
     from concurrent.futures import ThreadPoolExecutor
 
-    data = recipe_data()
-    pool = ThreadPoolExecutor(recipe_jobs)
+    data, val = recipe_data()
+    batch, iters = REGIMES[recipe_regime]
+    names, seeds = recipes.split(","), [int(s) for s in recipe_seeds.split(",")]
     lrs = {k: [float(x) for x in v.split(",")] for k, v in (p.split("=") for p in recipe_lrs.split(";") if p)}
-    names = recipes.split(",")
-    tokens = recipe_iters * 16 * recipe_block
+    unknown = set(names) - set(RECIPES)
+    if unknown:
+        raise UserError(f"--recipes: {', '.join(unknown)} unknown; use {', '.join(RECIPES)}")
     print(
-        f"setting: {recipe_shape} {recipe_args}, context {recipe_block}, batch 16, {recipe_iters} iterations "
-        f"({tokens / 1e6:.2f}M tokens), warmup 30, min_lr 0; train: first {recipe_train_stories} stories of "
-        f"{stories}, val: the rest; {os.cpu_count()} cores, {recipe_jobs} runs at once"
+        f"{recipe_regime}: dim 128, 4 layers, 4 heads, batch {batch} x 256, {iters} iterations "
+        f"({batch * 256 * iters / 1e6:.2f}M tokens), warmup 30, decay to 0, {recipe_args or 'no extra options'}; "
+        f"train: the first 2,000 stories of {stories}, val: eval.py's per-story bpb on the rest; seeds {seeds}"
     )
-    # train s leaves out evals; seconds compare only between runs that ran side by side
-    print(f"{'recipe':<9} {'lr':>8} {'val bpb':>8} {'train s':>8} {'wall s':>7}", flush=True)
-    sweep = [(name, lr) for name in names for lr in lrs.get(name, RECIPES[name][1])]
+    jobs = [(name, lr, seed) for name in names for lr in lrs.get(name, RECIPES[name][1]) for seed in seeds]
+    with ThreadPoolExecutor(recipe_jobs) as pool:
+        results = dict(zip(jobs, pool.map(lambda job: recipe_run(data, val, *job), jobs)))
+    print(f"{'recipe':<9} {'lr':>8} {'val bpb, per seed':>24} {'mean':>8} {'train loss':>11}")
     best = {}
-    for (name, lr), run in zip(sweep, pool.map(lambda job: recipe_run(data, *job, recipe_iters), sweep)):
-        print(f"{name:<9} {lr:8.0e} {run['bpb']:8.4f} {run['seconds']:8.1f} {run['wall']:7.1f}", flush=True)
-        if name not in best or run["bpb"] < best[name][1]["bpb"]:
-            best[name] = (lr, run)
-    target = best[names[0]][1]["bpb"]
-    print(f"\nat each recipe's best lr; target: {names[0]}'s final bpb {target:.4f}")
-    print(
-        f"{'recipe':<9} {'lr':>8} {'val bpb':>8} {'vs ' + names[0]:>9} {'tokens to target':>17} {'s to target':>12}"
-    )
-    for name, (lr, run) in best.items():
-        hit = reached(run, target)
-        to_target = (
-            f"{hit[0] / 1e6:6.2f}M ({hit[0] / tokens:.2f}x) {hit[1]:12.1f}"
-            if hit
-            else f"{'not reached':>17} {'':>12}"
-        )
-        print(f"{name:<9} {lr:8.0e} {run['bpb']:8.4f} {run['bpb'] / target - 1:+9.1%} {to_target}")
-    # a WSD run is far from its best before its decay: shorter runs with their own schedule say more
-    last, (lr, _) = names[-1], best[names[-1]]
-    print(f"\n{last} at lr {lr:g} with shorter schedules (its own decay at the end of each)")
-    print(f"{'tokens':>14} {'val bpb':>8} {'reaches target':>15} {'train s':>8}")
-    fractions = [float(f) for f in recipe_fractions.split(",") if f]
-    for fraction, run in zip(
-        fractions, pool.map(lambda f: recipe_run(data, last, lr, round(recipe_iters * f)), fractions)
-    ):
-        print(
-            f"{run['curve'][-1][0] / 1e6:6.2f}M ({fraction:.2f}x) {run['bpb']:8.4f} {str(run['bpb'] <= target):>15} "
-            f"{run['seconds']:8.1f}",
-            flush=True,
-        )
+    for name in names:
+        for lr in lrs.get(name, RECIPES[name][1]):
+            runs = [results[(name, lr, seed)] for seed in seeds]
+            mean = sum(r["bpb"] for r in runs) / len(runs)
+            per_seed = ", ".join(f"{r['bpb']:.4f}" for r in runs)
+            print(f"{name:<9} {lr:8.0e} {per_seed:>24} {mean:8.4f} {runs[0]['train_loss']:11.3f}")
+            if name not in best or mean < best[name][1]:
+                best[name] = (lr, mean)
+    baseline = best[names[0]][1]
+    for name, (lr, mean) in best.items():
+        print(f"best {name}: lr {lr:g}, val bpb {mean:.4f}, {mean / baseline:.3f}x {names[0]}'s")
 
 
-if __name__ == "__main__":
-    {
-        "prepare": bench_prepare,
-        "decode": bench_decode,
-        "quantize": bench_quantize,
-        "train": bench_train,
-        "recipe": bench_recipe,
-    }[what]()
+{
+    "prepare": bench_prepare,
+    "decode": bench_decode,
+    "quantize": bench_quantize,
+    "train": bench_train,
+    "recipe": bench_recipe,
+}[what]()

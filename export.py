@@ -14,11 +14,10 @@ GGUF, is refused. The GGUF export needs the package gguf (pip install gguf).
 import os
 import sys
 
-from checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from checkpoint import checkpoint_path, load_checkpoint
 from configurator import configure, fail
-from hf import HFError, export_hf
-from llamacpp import GGUF_TYPES, GGUFError, export_gguf
-from tokenizer import TokenizerError
+from hf import export_hf
+from llamacpp import GGUF_TYPES, export_gguf
 
 out_dir = "out"  # the training run to export
 ckpt = ""  # file in out_dir; '' takes best.pt when it exists, else ckpt.pt
@@ -48,7 +47,5 @@ try:
             f"exported {path} to {hf_dir}: load it with transformers' "
             f"AutoModelForCausalLM.from_pretrained({hf_dir!r}) and AutoTokenizer.from_pretrained({hf_dir!r})"
         )
-except (CheckpointError, HFError, GGUFError, TokenizerError) as e:
-    fail(str(e))
 except OSError as e:
     fail(f"cannot write {target}: {e.strerror or e}")

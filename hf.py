@@ -200,6 +200,7 @@ def write_export(checkpoint, path):
         "bos_token_id": enc.eot_token,
         "eos_token_id": enc.eot_token,
         "torch_dtype": "float32",
+        **({"tinyllama_code": checkpoint["code"]} if "code" in checkpoint else {}),  # the code that trained it
     }
     save_file(
         to_hf_weights(checkpoint["model"], cfg),
