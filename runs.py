@@ -9,6 +9,7 @@ of the code that trained it. train.py writes these; compare.py and the loaders r
 
 import fcntl
 import hashlib
+import html
 import json
 import math
 import os
@@ -158,7 +159,7 @@ def draw(runs, path):
     """One SVG of every run's train loss (nats/token) and val bits per byte against tokens seen, side by side,
     on shared labelled axes. runs: [(label, records)]; written to a temporary file and renamed."""
     panels = [("train loss (nats/token)", "loss"), ("val bits per byte", "val_bpb")]
-    width, height, pad, gap = 880, 380, 56, 40
+    width, height, pad, gap, top, bottom = 880, 366 + 14 * math.ceil(len(runs) / 4), 56, 40, 30, 324
     panel_width = (width - 2 * pad - gap) / 2
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
@@ -169,41 +170,38 @@ def draw(runs, path):
         points = [point for curve in curves for point in curve]
         if not points:
             continue
-        x_low, x_high = 0, max(x for x, _ in points) or 1
+        x_high = max(x for x, _ in points) or 1
         y_low, y_high = min(y for _, y in points), max(y for _, y in points)
         y_low, y_high = (y_low - 0.05, y_high + 0.05) if y_high == y_low else (y_low, y_high)
-        left, top, bottom = pad + p * (panel_width + gap), 30, height - pad
-
-        def sx(x):
-            return left + panel_width * (x - x_low) / (x_high - x_low)
-
-        def sy(y):
-            return bottom - (bottom - top) * (y - y_low) / (y_high - y_low)
-
+        left = pad + p * (panel_width + gap)
+        xs = {x: left + panel_width * x / x_high for x in {x for x, _ in points} | set(ticks(0, x_high))}
+        ys = {y: bottom - (bottom - top) * (y - y_low) / (y_high - y_low) for y in {y for _, y in points}}
+        ys |= {y: bottom - (bottom - top) * (y - y_low) / (y_high - y_low) for y in ticks(y_low, y_high)}
         parts.append(f'<text x="{left}" y="20" font-size="13">{title}</text>')
         parts.append(
             f'<rect x="{left}" y="{top}" width="{panel_width}" height="{bottom - top}" fill="none" stroke="#999"/>'
         )
-        for x in ticks(x_low, x_high):
-            parts.append(f'<text x="{sx(x):.1f}" y="{bottom + 15}" text-anchor="middle">{x / 1e6:g}M</text>')
+        for x in ticks(0, x_high):
+            parts.append(f'<text x="{xs[x]:.1f}" y="{bottom + 15}" text-anchor="middle">{x / 1e6:g}M</text>')
         for y in ticks(y_low, y_high):
             parts.append(
-                f'<line x1="{left}" x2="{left + panel_width}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
+                f'<line x1="{left}" x2="{left + panel_width}" y1="{ys[y]:.1f}" y2="{ys[y]:.1f}" stroke="#eee"/>'
             )
-            parts.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.4g}</text>')
+            parts.append(f'<text x="{left - 4}" y="{ys[y] + 4:.1f}" text-anchor="end">{y:.4g}</text>')
         parts.append(
             f'<text x="{left + panel_width / 2}" y="{bottom + 32}" text-anchor="middle">tokens seen</text>'
         )
-        for (label, _), curve, color in zip(runs, curves, COLORS * (len(runs) // len(COLORS) + 1)):
+        for i, ((label, _), curve) in enumerate(zip(runs, curves)):
             if curve:
-                line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in curve)
+                line = " ".join(f"{xs[x]:.1f},{ys[y]:.1f}" for x, y in curve)
+                color = COLORS[i % len(COLORS)]
                 parts.append(
-                    f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{line}"><title>{label}</title></polyline>'
+                    f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{line}">'
+                    f"<title>{html.escape(label)}</title></polyline>"
                 )
-    for i, ((label, _), color) in enumerate(zip(runs, COLORS * (len(runs) // len(COLORS) + 1))):
-        parts.append(
-            f'<text x="{pad + 160 * (i % 5)}" y="{height - 8 - 14 * (i // 5)}" fill="{color}">{label}</text>'
-        )
+    for i, (label, _) in enumerate(runs):  # the legend, four runs a row
+        x, y = pad + 200 * (i % 4), 372 + 14 * (i // 4)
+        parts.append(f'<text x="{x}" y="{y}" fill="{COLORS[i % len(COLORS)]}">{html.escape(label)}</text>')
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write("".join(parts) + "</svg>\n")
     os.replace(path + ".tmp", path)
