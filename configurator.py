@@ -57,7 +57,11 @@ def print_user_errors(kind, error, tb, default_hook=sys.excepthook):
     bug) keeps its traceback."""
     if issubclass(kind, UserError):
         print(f"error: {error}", file=sys.stderr)
-    elif kind.__name__ == "OutOfMemoryError" or "can't allocate memory" in str(error):  # torch's, GPU or CPU
+    elif (
+        issubclass(kind, MemoryError)
+        or kind.__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in str(error)
+    ):
         what = " ".join(str(error).split())[:160]
         print(
             f"error: out of memory ({what}); use a smaller batch (--batch_size, --num_samples)",

@@ -253,8 +253,12 @@ class TrainingData:
             split: os.fstat(f.fileno()).st_size // self.dtype.itemsize for split, f in self.files.items()
         }
         val = self.meta.get("val") or {}
-        if not 0 < val.get("tokens", 0) <= val.get("bytes", 0) + val.get("stories", 0):  # each token >= 1 byte
-            raise DataError(f"{directory}/meta.json's val counts are missing or impossible ({val}); run prepare.py again")
+        if (
+            not 0 < val.get("tokens", 0) <= val.get("bytes", 0) + val.get("stories", 0)
+        ):  # each token >= 1 byte
+            raise DataError(
+                f"{directory}/meta.json's val counts are missing or impossible ({val}); run prepare.py again"
+            )
         self.bytes_per_token = val["bytes"] / val["tokens"]
         for split, n in self.tokens.items():
             if n <= block_size:
@@ -278,9 +282,8 @@ class TrainingData:
 
     def windows(self, split, starts):
         """Inputs and next-token targets of block_size windows at these offsets, on the device, not waited for."""
-        data = self.array(split)
-        rows = np.stack([data[i : i + self.block_size + 1] for i in starts]).astype(np.int64)
-        rows = torch.from_numpy(rows)
+        rows = self.array(split)[np.asarray(starts)[:, None] + np.arange(self.block_size + 1)]
+        rows = torch.from_numpy(rows.astype(np.int64))
         if self.device.startswith("cuda"):
             rows = rows.pin_memory().to(self.device, non_blocking=True)
         else:

@@ -4,6 +4,8 @@ auto device: CUDA, then MPS, then CPU.
 auto dtype:  bfloat16 on CUDA where supported, else float16 (train.py adds a GradScaler); float32 elsewhere.
 """
 
+import os
+
 import torch
 
 from configurator import UserError
@@ -64,3 +66,13 @@ def peak_flops(device):
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_FLOPS if key in name), None)
+
+
+def total_memory(device):
+    """The device's memory in bytes: a GPU's own, or the machine's RAM for the CPU; None where unknown (MPS)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if kind == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None

@@ -21,7 +21,7 @@ import torch.nn as nn
 import tokenizer
 from checkpoint import load_model
 from configurator import UserError
-from device import DTYPES, choose
+from device import DTYPES, choose, total_memory
 from generate import new_cache
 
 QUANTIZE = ("", "bf16", "int8")
@@ -41,6 +41,15 @@ def load_for_decoding(
         )
     model, spec, facts = load_model(out_dir, ckpt, hf_dir)
     enc = tokenizer.load_tokenizer(spec)
+    cfg = model.config  # a sequence's KV cache, and its logits' working copies while sampling
+    need = batch_size * (
+        2 * cfg.n_layers * cfg.n_kv_heads * (cfg.max_seq_len + 1) * cfg.head_dim * 4 + 16 * cfg.vocab_size
+    )
+    if need > (total_memory(device) or float("inf")):
+        raise UserError(
+            f"{batch_size:,} sequences at once need about {need / 2**30:,.0f} GiB for their KV caches, "
+            f"more than the {total_memory(device) / 2**30:,.0f} GiB here: decode fewer (--num_samples)"
+        )
     facts = {
         **facts,
         "parameters": model.num_params(),  # before a tied head gets its own copy, or quantizing drops them

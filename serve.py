@@ -358,9 +358,11 @@ class Handler(BaseHTTPRequestHandler):
         kind = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         if kind != "application/json":
             raise ApiError(415, f"the body is JSON: send it with Content-Type: application/json, not {kind}")
-        length = self.headers.get("Content-Length", "")
-        if not (length.isascii() and length.isdigit()):  # '²' is a digit to str.isdigit, not to int()
+        length = self.headers.get("Content-Length")
+        if length is None:
             raise ApiError(411, "send the JSON body with a Content-Length header")
+        if not (length.isascii() and length.isdigit()):  # '²' is a digit to str.isdigit, not to int()
+            raise ApiError(400, f"Content-Length must be a number of bytes, not {length[:20]!r}")
         if int(length) > MAX_BODY:
             raise ApiError(413, f"the body has {length} bytes; the limit is {MAX_BODY}")
         try:

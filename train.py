@@ -27,7 +27,7 @@ import runs
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import configure, fail
 from data import TrainingData
-from device import DTYPES, choose, peak_flops
+from device import DTYPES, choose, peak_flops, total_memory
 from fastdecode import compiler_cache_writable
 from model import BackendError, Llama, ModelConfig, pick_attention_backend
 from tokenizer import spec_kind
@@ -223,6 +223,21 @@ try:
     if block_size > model_config.max_seq_len:
         fail(
             f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}"
+        )
+    # about what a micro-batch's activations take for the backward: ~10 numbers per token, layer and dim, and 4
+    # per hidden unit; refused when that alone is more than the device has, rather than dying in the allocator
+    need = (
+        batch_size
+        * block_size
+        * model_config.n_layers
+        * (10 * model_config.dim + 4 * model_config.hidden_dim)
+    )
+    need *= DTYPES[dtype].itemsize
+    if need > (total_memory(device) or float("inf")):
+        fail(
+            f"--batch_size={batch_size} of {block_size} tokens needs about {need / 2**30:,.0f} GiB of activations, "
+            f"more than the {total_memory(device) / 2**30:,.0f} GiB here: use a smaller --batch_size and a larger "
+            "--gradient_accumulation_steps (the tokens per step stay the same)"
         )
     raw_model.to(device)
     pick_attention_backend(model_config, device, DTYPES[dtype])  # chosen and logged once, before compiling

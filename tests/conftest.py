@@ -1,3 +1,4 @@
+import gc
 import os
 import random
 import subprocess
@@ -114,6 +115,7 @@ def run_in_process(script, *args):
         err.write(f"error: {e}\n")
         code = 1
     finally:
+        gc.collect()  # the script's objects, as its process's exit would: an open file's lock, say
         sys.argv = argv
         for signum, handler in handlers.items():
             signal.signal(signum, handler)

@@ -1,6 +1,10 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
-from conftest import assert_clean_error, make_stories, run_in_process, run_script, write_txt
+from conftest import ROOT, assert_clean_error, make_stories, run_in_process, run_script, write_txt
 
 import tokenizer
 
@@ -203,10 +207,69 @@ def test_sample_uses_the_compiled_step_once_built_and_never_with_compile_false(t
     assert fake_compiled_step["steps"] > steps and "note" not in later.stderr
     assert eager.stdout == first.stdout == built.stdout == later.stdout
     for value in ("yes", "1"):
-        assert_clean_error(sample(trained, f"--compile={value}"), f"--compile={value}: use None or True or False")
+        assert_clean_error(
+            sample(trained, f"--compile={value}"), f"--compile={value}: use None or True or False"
+        )
 
 
 def test_missing_and_foreign_checkpoints_fail_with_one_line(tmp_path):
     assert_clean_error(sample(tmp_path), "no checkpoint")
     torch.save({"model": {}, "model_args": {}}, tmp_path / "ckpt.pt")  # say, a nanoGPT checkpoint
     assert_clean_error(sample(tmp_path), "unknown checkpoint format")
+
+
+def test_too_many_samples_for_memory_are_refused_in_one_line(trained):
+    result = sample(trained, "--num_samples=1000000", "--max_new_tokens=2")
+    assert_clean_error(result, "1,000,000 sequences at once need about", "--num_samples")
+
+
+def test_a_temperature_too_small_to_sample_at_is_greedy(trained):
+    assert sample(trained, "--temperature=1e-38").stdout == sample(trained, "--temperature=0").stdout
+
+
+def test_escape_codes_reach_a_terminal_escaped_and_a_pipe_as_they_are(trained, tmp_path):
+    import pty
+
+    (tmp_path / "prompt.txt").write_text("Lily \x1b[31mred\x1b[0m and Max")
+    args = [
+        sys.executable,
+        "sample.py",
+        f"--out_dir={trained}",
+        f"--start=FILE:{tmp_path / 'prompt.txt'}",
+        "--max_new_tokens=3",
+    ]
+    piped = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert piped.stdout.startswith("Lily \x1b[31mred\x1b[0m and Max")  # a file gets the text itself
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(args, cwd=ROOT, stdout=follower, stderr=subprocess.DEVNULL)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert process.wait(timeout=60) == 0
+    assert b"Lily \\x1b[31mred\\x1b[0m and Max" in shown and b"\x1b" not in shown
+
+
+def test_an_unwritable_compiler_cache_samples_eagerly_with_a_warning(trained, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if subprocess.run(["chattr", "+i", str(cache)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    try:
+        result = sample(trained, "--compile=True", "--temperature=0")
+    finally:
+        subprocess.run(["chattr", "-i", str(cache)])
+    assert (
+        result.returncode == 0
+        and result.stdout == sample(trained, "--compile=False", "--temperature=0").stdout
+    )
+    assert (
+        "warning: compiling the decode step failed" in result.stderr and "decoding eagerly" in result.stderr
+    )

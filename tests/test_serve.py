@@ -4,6 +4,8 @@ hang-ups and bad requests, all against one server on a tiny model; and a headles
 import http.client
 import json
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -396,6 +398,7 @@ OVERSIZED = {"Content-Type": "application/json", "Content-Length": str(2 << 20)}
         ("POST", "/v1/completions", {"prompt": "a", "n": 2}, 400, "n=2 is not supported"),
         ("POST", "/v1/completions", {"prompt": "a", "stream": "yes"}, 400, "stream must be true or false"),
         ("POST", "/v1/chat/completions", {"prompt": "a"}, 404, "no route /v1/chat/completions"),
+        ("POST", "/generate", b"[" * 100_000 + b"]" * 100_000, 400, "RecursionError"),  # nested too deep
     ],
 )
 def test_bad_requests_are_refused_with_a_message(server, method, path, body, status, message):
@@ -412,6 +415,52 @@ def test_bad_requests_are_refused_with_a_message(server, method, path, body, sta
         assert error["type"] == "invalid_request_error" and message in error["message"]
     else:
         assert message in error
+
+
+def raw_request(url, data, reset=False):
+    """Sends bytes as they are (headers http.client would not write); the status line, or None after a reset."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(data)
+        if reset:  # close with a reset (RST), as a client that crashes does
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return None
+        return s.recv(4096).split(b"\r\n")[0].decode()
+
+
+JSON_HEAD = b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+def test_a_content_length_that_is_not_a_number_and_a_body_that_is_not_json_are_refused(server):
+    assert raw_request(server, JSON_HEAD + "Content-Length: ²\r\n\r\n{}".encode()).startswith("HTTP/1.1 400")
+    text = b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}"
+    assert raw_request(server, text).startswith("HTTP/1.1 415")
+    assert raw_request(server, b"POST /generate HTTP/1.1\r\nHost: x\r\n\r\n").startswith("HTTP/1.1 411")
+
+
+def test_a_client_resetting_its_connection_leaves_no_traceback(model_dir, tmp_path):
+    with open(tmp_path / "err", "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "serve.py", "--port=0", f"--out_dir={model_dir}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        url = process.stdout.readline().split()[-1]
+        raw_request(url, JSON_HEAD + b"Content-Length: 40\r\n\r\n{", reset=True)  # half a body, then a reset
+        raw_request(url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", reset=True)  # a keep-alive, reset
+        assert request(url, "GET", "/health")[1]["status"] == "ok"
+        process.terminate()
+        process.wait(timeout=10)
+    assert "Traceback" not in (tmp_path / "err").read_text()
+
+
+def test_a_temperature_too_small_to_sample_at_is_greedy(server):
+    assert (
+        generate(server, prompt="Lily", max_tokens=12, temperature=1e-300, seed=3)[0]
+        == generate(server, prompt="Lily", max_tokens=12, temperature=0)[0]
+    )
 
 
 def test_the_server_still_answers_after_bad_requests(server):

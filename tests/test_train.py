@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_clean_error, run_in_process, run_script
+from conftest import ROOT, assert_clean_error, run_in_process, run_script, write_txt
 
 from checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 
@@ -551,3 +551,140 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(
     )
     assert_clean_error(result, message.format(tmp=tmp_path))
     assert {path: path.read_bytes() for path in before} == before
+
+
+def wait_for_log_lines(log, n, process):
+    while not (log.exists() and len(log.read_text().splitlines()) >= n):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_one_run_per_out_dir_held_by_torchruns_rank_0_and_gone_with_its_sigkill(data_dir, tmp_path):
+    out = tmp_path / "run"
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+    ]
+    first = subprocess.Popen(
+        [
+            *torchrun,
+            f"--data_dir={data_dir}",
+            f"--out_dir={out}",
+            *TINY,
+            "--max_iters=100000",
+            "--eval_interval=50",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_log_lines(out / "log.jsonl", 3, first)
+        holder = (out / "lock").read_text().strip()
+        log = (out / "log.jsonl").read_text()
+        second = run_in_process(
+            "train.py", f"--data_dir={data_dir}", f"--out_dir={out}", *TINY, "--overwrite=True"
+        )
+        assert_clean_error(second, f"{out} is in use by a training run ({holder})")
+        assert holder.startswith("PID ") and (out / "log.jsonl").read_text().startswith(log)
+        os.kill(int(holder.split()[1]), signal.SIGKILL)  # rank 0, with no chance to clean up
+        first.wait(timeout=120)  # torchrun ends the other rank and exits
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    train(data_dir, out, "--max_iters=2", "--eval_interval=2", "--overwrite=True")  # the lock died with it
+
+
+@pytest.mark.slow
+def test_a_dataset_replaced_under_a_running_training_changes_nothing_in_that_run(data_dir, tmp_path, stories):
+    args = ["--max_iters=60", "--eval_interval=20"]
+    train(data_dir, tmp_path / "undisturbed", *args)
+    moving = tmp_path / "data"
+    shutil.copytree(data_dir, moving)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", f"--data_dir={moving}", f"--out_dir={out}", *TINY, *args]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_log_lines(out / "log.jsonl", 2, process)
+    other = write_txt(
+        tmp_path / "other.txt", [s.upper() for s in stories]
+    )  # other text, other bytes per token
+    assert (
+        run_in_process("prepare.py", f"--input={other}", f"--out_dir={moving}", "--num_proc=1").returncode
+        == 0
+    )
+    assert process.wait(timeout=300) == 0, process.communicate()
+    # the same losses and bits per byte, to the last bit: the run kept its files and its bytes per token
+    assert [strip(r) for r in records(out)] == [strip(r) for r in records(tmp_path / "undisturbed")]
+
+
+def strip(record):
+    """A log record without its timings, which differ between any two runs."""
+    return {k: v for k, v in record.items() if k not in ("ms", "tok_per_s", "elapsed")}
+
+
+def test_a_resume_after_a_torn_last_log_line_equals_an_uninterrupted_run(data_dir, finished_run, tmp_path):
+    run = tmp_path / "run"
+    train(data_dir, run, "--max_iters=4", "--eval_interval=4")
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"iter": 5, "tokens": 1280, "lo')  # killed mid-write
+    train(data_dir, run, *FINISHED, "--init_from=resume")
+    assert [strip(r) for r in records(run)] == [strip(r) for r in records(finished_run)]
+
+
+def immutable(path):
+    """Makes a directory unwritable even for root (chattr +i), or skips the test where that cannot be done."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here")
+    return path
+
+
+def test_a_read_only_out_dir_fails_with_one_line_and_keeps_the_run(data_dir, finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = {name: (run / name).read_bytes() for name in os.listdir(run)}
+    immutable(run)
+    try:
+        for args in (["--init_from=resume", "--max_iters=10"], ["--overwrite=True"]):
+            result = run_in_process("train.py", f"--data_dir={data_dir}", f"--out_dir={run}", *TINY, *args)
+            assert_clean_error(result, f"cannot write to --out_dir={run}")
+    finally:
+        subprocess.run(["chattr", "-i", str(run)])
+    assert {name: (run / name).read_bytes() for name in os.listdir(run) if name != "lock"} == {
+        k: v for k, v in before.items() if k != "lock"
+    }
+
+
+def test_an_unwritable_compiler_cache_trains_eagerly_with_a_warning(data_dir, tmp_path, monkeypatch):
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(immutable(tmp_path / "cache")))
+    try:
+        result = run_in_process(
+            "train.py",
+            f"--data_dir={data_dir}",
+            f"--out_dir={tmp_path / 'run'}",
+            *TINY,
+            "--max_iters=2",
+            "--eval_interval=2",
+            "--compile=True",
+        )
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path / "cache")])
+    assert result.returncode == 0, result.stderr
+    assert (
+        "cache directory is not writable: training eagerly" in result.stderr
+        and "compile=False" in result.stdout
+    )
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_anything_is_written(data_dir, tmp_path):
+    result = run_in_process(
+        "train.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'run'}", *TINY, "--batch_size=100000000"
+    )
+    assert_clean_error(result, "--batch_size=100000000 of 32 tokens needs about", "--gradient_accumulation_steps")
+    assert not (tmp_path / "run").exists()
