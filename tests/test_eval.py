@@ -331,3 +331,47 @@ def test_a_non_llama_model_without_transformers_fails_with_one_line(gpt2_dir, tm
         run_in_process("eval.py", f"--hf_dir={gpt2_dir}", f"--input={stories}", "--samples=0"),
         "pip install transformers",
     )
+
+
+def test_a_temperature_too_small_to_sample_at_samples_greedily(run, tmp_path):
+    args = (f"--out_dir={run['tmp'] / 'out'}", "--samples=3", "--max_new_tokens=8")
+    tiny_t = run_in_process("eval.py", *args, "--temperature=1e-300", f"--output={tmp_path / 'a.json'}")
+    greedy = run_in_process("eval.py", *args, "--temperature=0", f"--output={tmp_path / 'b.json'}")
+    assert tiny_t.returncode == greedy.returncode == 0, tiny_t.stderr + greedy.stderr
+    texts = [json.load(open(tmp_path / name))["samples"]["texts"] for name in ("a.json", "b.json")]
+    assert texts[0] == texts[1] and all(len(t) > len(o) for t, o in zip(texts[0], (OPENINGS[0], OPENINGS[3])))
+
+
+@pytest.fixture(scope="module")
+def broken_tokenizers(tmp_path_factory):
+    """Two Hugging Face GPT-2 directories whose tokenizers do not fit: one with more ids than the model has rows,
+    one that has a single token and so encodes no story at all."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    tmp = tmp_path_factory.mktemp("tokenizers")
+    config = dict(n_embd=16, n_layer=1, n_head=2, n_positions=64)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=100, **config)).save_pretrained(
+        tmp / "small"
+    )
+    for name in ("vocab.json", "merges.txt"):  # GPT-2's 50257 ids for a model of 100
+        (tmp / "small" / name).write_bytes(open(tokenizer.gpt2_files()[name == "vocab.json"], "rb").read())
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=1, **config)).save_pretrained(tmp / "one")
+    one = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={"<|endoftext|>": 0}, merges=[]))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=one, eos_token="<|endoftext|>")
+    fast.save_pretrained(tmp / "one")
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("small", "its tokenizer has 50257 ids, more than the model's 100"),
+        ("one", "it cannot encode this text"),
+    ],
+)
+def test_a_tokenizer_that_cannot_encode_the_text_is_refused(broken_tokenizers, tmp_path, name, message):
+    stories = write_txt(tmp_path / "s.txt", make_stories(3))
+    result = run_in_process(
+        "eval.py", f"--hf_dir={broken_tokenizers / name}", f"--input={stories}", "--samples=0"
+    )
+    assert_clean_error(result, message)
