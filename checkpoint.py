@@ -1,8 +1,8 @@
 """Checkpoints: written atomically, read without executing code, with one-line errors; checkpoint to model.
 
-A checkpoint is a dict of plain data: the format tag, model_args (ModelConfig's fields), the model state,
-the tokenizer spec, iter_num and the val figures; train.py's ckpt.pt adds the optimizer and scaler state,
-the full training config and RNG states, while best.pt (the lowest val loss so far) holds no optimizer.
+A checkpoint is a dict of plain data: the format tag, model_args (ModelConfig's fields), the model state, the
+tokenizer spec, iter_num and the val figures; train.py's ckpt.pt adds the optimizer and scaler state, the full
+training config and RNG states, while best.pt (the lowest val loss so far) holds no optimizer.
 """
 
 import os
@@ -48,7 +48,7 @@ def _why_unreadable(path, error):
 
 
 def load_checkpoint(path, map_location="cpu", warn=True):
-    """The checkpoint dict at path, checked; warn: say on stderr when model.py changed since it was written."""
+    """The checkpoint dict at path, checked; warn: say on stderr if model.py changed since it was written."""
     if os.path.isdir(path) or not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}: train one first (python train.py --out_dir=...)")
     try:

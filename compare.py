@@ -137,7 +137,8 @@ for r in found:
     cells = "".join(f"  {r['config'].get(k)!s:>{len(k)}}" for k in differ)
     code = runs.describe_version(r["code"])
     print(
-        f"{r['path']:<{width}}  {r['best']:8.4f}  {r['final']:9.4f}  {r['tokens'] / 1e6:7.2f}M  {r['wall']:6.0f}s  "
+        f"{r['path']:<{width}}  {r['best']:8.4f}  {r['final']:9.4f}  {r['tokens'] / 1e6:7.2f}M  "
+        f"{r['wall']:6.0f}s  "
         f"{code:<32}{cells}"
     )
 groups = groups_of(found)

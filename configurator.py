@@ -37,7 +37,8 @@ SAMPLING_CHECKS = {
     "top_k": "[0, inf)",
     "top_p": "(0, 1]",
     "repetition_penalty": "[0.1, 10]",
-    "max_new_tokens": "[1, 100_000]",  # a story of 100,000 tokens takes minutes even compiled; Ctrl-C stops one
+    # a story of 100,000 tokens takes minutes even compiled; Ctrl-C stops one
+    "max_new_tokens": "[1, 100_000]",
     "seed": "[0, 2**63)",
 }
 
@@ -74,11 +75,11 @@ def print_user_errors(kind, error, tb, default_hook=sys.excepthook):
 
 
 def configure(namespace, argv=None, checks=None):
-    """Applies config files and --key=value arguments (default: sys.argv[1:]) to the namespace's options,
-    then checks each against `checks` ({option: interval text or tuple of choices}).
+    """Applies config files and --key=value arguments (default: sys.argv[1:]) to the namespace's options, then
+    checks each against `checks` ({option: interval text or tuple of choices}).
 
-    Options are the lowercase globals of plain types (UPPER_CASE names are constants). Writes the final
-    values back into the namespace and returns them as {option: value}.
+    Options are the lowercase globals of plain types (UPPER_CASE names are constants). Writes the final values
+    back into the namespace and returns them as {option: value}.
     """
     sys.excepthook = print_user_errors
     argv = sys.argv[1:] if argv is None else argv
@@ -136,8 +137,8 @@ def configure(namespace, argv=None, checks=None):
 
 
 def check_value(value, check):
-    """What is wrong with value under check (an interval text or a tuple of choices), said after the
-    option's --key=value; None when nothing is."""
+    """What is wrong with value under check (an interval text or a tuple of choices), said after the option's
+    --key=value; None when nothing is."""
     if isinstance(check, tuple):  # by type too: 1 is not True
         chosen = any(type(value) is type(choice) and value == choice for choice in check)
         return None if chosen else f": use {' or '.join(repr(c) if c == '' else str(c) for c in check)}"
@@ -179,8 +180,8 @@ def run_config_file(path):
 
 
 def print_help(namespace, defaults, checks):
-    """The script's docstring, then each option with its default, the comment beside it in the source and
-    its declared range or choices."""
+    """The script's docstring, then each option with its default, the comment beside it in the source and its
+    declared range or choices."""
     if namespace.get("__doc__"):
         print(namespace["__doc__"].strip() + "\n")
     comments = option_comments(namespace.get("__file__"))

@@ -3,8 +3,8 @@
 Raw stories: .txt (stories separated by <|endoftext|> lines, the official layout), .json / .jsonl / .parquet
 with a `text` column, the JSON shards of TinyStories_all_data.tar.gz (a `story` field), or a Hugging Face
 dataset. A data_dir holds train.bin and val.bin (token ids, each story followed by <|endoftext|>) and
-meta.json (the tokenizer spec, vocab_size, eot_id, the ids' dtype, and per split its stories, tokens and
-UTF-8 bytes, from which bits per byte are computed).
+meta.json (the tokenizer spec, vocab_size, eot_id, the ids' dtype, and per split its stories, tokens and UTF-8
+bytes, from which bits per byte are computed).
 """
 
 import codecs
@@ -266,22 +266,29 @@ class TrainingData:
                     f"block_size={block_size} is larger than {split}.bin in {directory} ({n} tokens): "
                     "use a smaller --block_size or more data"
                 )
-            largest = max(int(chunk.max()) for chunk in self.chunks(split))
+            largest = max(int(chunk.max()) for _, chunk in self.chunks(split))
             if largest >= self.meta["vocab_size"]:
                 raise DataError(
                     f"{split}.bin in {directory} holds token id {largest}, but meta.json's vocab_size is "
                     f"{self.meta['vocab_size']}: the files do not belong together; run prepare.py again"
                 )
+        # where each story's <|endoftext|> opens a whole window of train.bin: windows that start there read
+        # stories from their beginning, as eval.py does
+        eot = [np.flatnonzero(chunk == self.meta["eot_id"]) + at for at, chunk in self.chunks("train")]
+        starts = np.concatenate(eot)
+        self.story_starts = starts[starts + block_size + 1 <= self.tokens["train"]]
 
     def array(self, split):
         return np.memmap(self.files[split], dtype=self.dtype, mode="r")
 
     def chunks(self, split):
+        """(offset, tokens) a block at a time, so that a 470M-token split never needs its own copy."""
         data = self.array(split)
-        return (data[i : i + SCAN_TOKENS] for i in range(0, len(data), SCAN_TOKENS))
+        return ((i, data[i : i + SCAN_TOKENS]) for i in range(0, len(data), SCAN_TOKENS))
 
     def windows(self, split, starts):
-        """Inputs and next-token targets of block_size windows at these offsets, on the device, not waited for."""
+        """Inputs and next-token targets of block_size windows at these offsets, on the device, not waited
+        for."""
         rows = self.array(split)[np.asarray(starts)[:, None] + np.arange(self.block_size + 1)]
         rows = torch.from_numpy(rows.astype(np.int64))
         if self.device.startswith("cuda"):

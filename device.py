@@ -1,7 +1,7 @@
 """Device and dtype: one rule for every script, and the GPUs' peak FLOPs for MFU.
 
-auto device: CUDA, then MPS, then CPU.
-auto dtype:  bfloat16 on CUDA where supported, else float16 (train.py adds a GradScaler); float32 elsewhere.
+auto device: CUDA, then MPS, then CPU. auto dtype:  bfloat16 on CUDA where supported, else float16 (train.py
+adds a GradScaler); float32 elsewhere.
 """
 
 import os
@@ -69,7 +69,7 @@ def peak_flops(device):
 
 
 def total_memory(device):
-    """The device's memory in bytes: a GPU's own, or the machine's RAM for the CPU; None where unknown (MPS)."""
+    """The device's memory in bytes: a GPU's own, the machine's RAM for the CPU; None where unknown (MPS)."""
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.cuda.get_device_properties(device).total_memory

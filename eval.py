@@ -1,13 +1,15 @@
 """Evaluate a model: exact loss, perplexity and bits per byte on stories, and the quality of its own stories.
 
-  python eval.py --out_dir=out/smoke                        # best.pt on the val split of the data it trained on
+  python eval.py --out_dir=out/smoke                        # best.pt on the val split of the data it trained
+  on
   python eval.py --out_dir=out/smoke --ckpt=ckpt.pt         # the latest checkpoint instead
   python eval.py --out_dir=out/smoke --input=TinyStories-valid.txt --output=results/eval.json
   python eval.py --hf_dir=path/to/any-hf-causal-lm --input=TinyStories-valid.txt
 
 Models: a checkpoint (--out_dir, --ckpt), a Hugging Face Llama (loaded as ours), or any other Hugging Face
 causal LM (through transformers, with its own tokenizer). Text: a split of prepare.py's output (--data_dir,
---split; by default the checkpoint's data_dir and its val split), or raw stories in any format prepare.py reads
+--split; by default the checkpoint's data_dir and its val split), or raw stories in any format prepare.py
+reads
 (--input), tokenized with the model's tokenizer. Every story is scored on its own after <|endoftext|>, and
 every token once (metrics.py says how); bits per byte = total nats / ln 2 / the stories' UTF-8 bytes.
 
@@ -122,7 +124,8 @@ class Transformers:
             import transformers
         except ImportError:
             fail(
-                f"--hf_dir={path} holds {what}, which is evaluated through transformers: pip install transformers"
+                f"--hf_dir={path} holds {what}, which is evaluated through transformers: pip install "
+                "transformers"
             )
         transformers.logging.set_verbosity_error()  # no warnings about stories longer than its max length
         try:
@@ -137,11 +140,13 @@ class Transformers:
             fail(f"--hf_dir={path}: its tokenizer has no end-of-text (eos) token to separate stories with")
         if self.vocab > self.model.config.vocab_size:
             fail(
-                f"--hf_dir={path}: its tokenizer has {self.vocab} ids, more than the model's {self.model.config.vocab_size}"
+                f"--hf_dir={path}: its tokenizer has {self.vocab} ids, more than the model's "
+                f"{self.model.config.vocab_size}"
             )
         # models without learned positions (Mamba, RWKV) have no limit: each story is one window
         self.window = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
-        try:  # the tokenizer spec prepare.py would write, if it is one of ours: data_dir tokens are then its ids
+        # the tokenizer spec prepare.py would write, if it is one of ours: data_dir tokens are then its ids
+        try:
             self.spec = read_hf_tokenizer(path)
         except HFError:
             self.spec = None
@@ -199,7 +204,8 @@ def text_to_score(lm, facts):
         fail("nothing to score: give --data_dir=DIR (prepare.py's output) or --input=FILES (raw stories)")
     if not data_dir and not os.path.isdir(text_dir):
         fail(
-            f"the checkpoint was trained on data_dir '{text_dir}', which is not here: give --data_dir or --input"
+            f"the checkpoint was trained on data_dir '{text_dir}', which is not here: give --data_dir or "
+            "--input"
         )
     meta = data.read_meta(text_dir)
     if lm.spec != meta["tokenizer"]:
@@ -218,8 +224,8 @@ def text_to_score(lm, facts):
 
 
 def training_texts(facts):
-    """A function giving the training stories for the memorisation figure (--train_input, else the train
-    split of --data_dir or of the checkpoint's data_dir), or None when there are none."""
+    """A function giving the training stories for the memorisation figure (--train_input, else the train split
+    of --data_dir or of the checkpoint's data_dir), or None when there are none."""
     if train_input:
         return lambda: (
             story for batch in data.read_files(data.expand_inputs(train_input)) for story in batch
@@ -254,7 +260,8 @@ def print_report(result):
         about += f"; train.py's val bpb {model['val_bpb']:.4f}"
     print(f"model       {model['source']} ({about})")
     print(
-        f"text        {text['source']}: {lm['stories']:,} stories, {lm['tokens']:,} tokens, {lm['bytes']:,} bytes "
+        f"text        {text['source']}: {lm['stories']:,} stories, {lm['tokens']:,} tokens, {lm['bytes']:,} "
+        "bytes "
         f"({lm['bytes_per_token']:.3f} bytes/token)"
     )
     if lm["long_stories"]:
@@ -269,7 +276,8 @@ def print_report(result):
     s = result["settings"]
     print(
         f"\nstories sampled with temperature {s['temperature']}, top_k {s['top_k']}, top_p {s['top_p']}, "
-        f"repetition_penalty {s['repetition_penalty']}, max_new_tokens {s['max_new_tokens']}, seed {s['seed']}"
+        f"repetition_penalty {s['repetition_penalty']}, max_new_tokens {s['max_new_tokens']}, seed "
+        f"{s['seed']}"
     )
     lines = [
         ("stories", "stories", "d"),
@@ -314,7 +322,8 @@ if any(len(ids) == 0 for ids in stories) or n_bytes / tokens > MAX_BYTES_PER_TOK
     fail(
         f"the model's tokenizer gives {n_bytes / tokens:.1f} bytes per token on {text['source']}"
         + (", and no tokens at all for some stories" if any(len(ids) == 0 for ids in stories) else "")
-        + f": it cannot encode this text (above {MAX_BYTES_PER_TOKEN} bytes a token no tokenizer keeps all of it)"
+        + f": it cannot encode this text (above {MAX_BYTES_PER_TOKEN} bytes a token no tokenizer keeps all "
+        "of it)"
     )
 device_name = next(lm.model.parameters()).device
 began = time.perf_counter()

@@ -1,8 +1,8 @@
 """Inference: the KV cache, the sampling filters, and the stream / generate API.
 
-sample.py, bench.py, eval.py and serve.py all sample through here (fastdecode.py loads the model and makes
-its steps fast). The model (model.py) is the network only: it is handed a cache and the position of its
-input, and this file decides what to feed it.
+sample.py, bench.py, eval.py and serve.py all sample through here (fastdecode.py loads the model and makes its
+steps fast). The model (model.py) is the network only: it is handed a cache and the position of its input, and
+this file decides what to feed it.
 
   for tokens in stream(model, prompt_ids, 200, seed=7, eos_id=eot): ...   # (B, 1) tokens, one step at a time
 """
@@ -33,8 +33,8 @@ def encode_prompt(enc, text, context):
 def new_cache(model, batch_size):
     """The static KV cache: one (k, v) pair of (B, n_kv_heads, max_seq_len + 1, head_dim) buffers per layer.
 
-    The slot past the context is never written; it keeps a filled part of the cache from ever being all of
-    it, a case the compiled step's dynamic length would otherwise have to treat apart.
+    The slot past the context is never written; it keeps a filled part of the cache from ever being all of it,
+    a case the compiled step's dynamic length would otherwise have to treat apart.
     """
     cfg, weight = model.config, model.embed_tokens.weight  # the model's dtype, whatever its matrices are in
     shape = (batch_size, cfg.n_kv_heads, cfg.max_seq_len + 1, cfg.head_dim)
@@ -68,8 +68,8 @@ def top_k_filter(logits, k):
 def top_p_filter(logits, p):
     """Keeps the smallest set of most likely tokens whose probabilities reach p (nucleus sampling).
 
-    The nucleus is looked for among the top 64 tokens first, then 8 times as many, until it ends inside
-    them: sorting the whole vocabulary every token cost more than the model's own step (2.8 ms at 32K ids).
+    The nucleus is looked for among the top 64 tokens first, then 8 times as many, until it ends inside them:
+    sorting the whole vocabulary every token cost more than the model's own step (2.8 ms at 32K ids).
     """
     if p >= 1.0:
         return logits
@@ -86,7 +86,7 @@ def top_p_filter(logits, p):
 
 
 def sample_token(logits, seen, generators, temperature, top_k, top_p, repetition_penalty):
-    """(B, V) logits -> (B, 1) token ids: penalty, then temperature (below GREEDY_BELOW: greedy), top-k, top-p.
+    """(B, V) logits -> (B, 1) token ids: penalty, temperature (below GREEDY_BELOW: greedy), top-k, top-p.
 
     Row i draws from generators[i], so a sequence's text does not depend on the others in its batch.
     """
@@ -120,11 +120,11 @@ def stream(
     """Yields the next token of each sequence of idx (B, T), shape (B, 1), one step at a time.
 
     A prefill of the prompt into the static KV cache, then one-token decode steps. Row i samples with a
-    generator seeded seed + i, so it gets the text it would get alone with that seed. Sequences that
-    produced eos_id keep yielding eos_id; the stream ends when all have, or after max_new_tokens. When the
-    context outgrows max_seq_len it restarts from its last max_seq_len // 2 tokens (prefilled again), so
-    sampling can go on past max_seq_len. step: fastdecode's compiled one-token step, for every decode step
-    after a prefill (which the model makes, eagerly).
+    generator seeded seed + i, so it gets the text it would get alone with that seed. Sequences that produced
+    eos_id keep yielding eos_id; the stream ends when all have, or after max_new_tokens. When the context
+    outgrows max_seq_len it restarts from its last max_seq_len // 2 tokens (prefilled again), so sampling can
+    go on past max_seq_len. step: fastdecode's compiled one-token step, for every decode step after a prefill
+    (which the model makes, eagerly).
     """
     B, window = idx.shape[0], model.config.max_seq_len
     if idx.shape[1] > window:

@@ -1,9 +1,9 @@
 """The Hugging Face round trip: our checkpoints as transformers LlamaForCausalLM directories, and back.
 
-export_hf() writes config.json, model.safetensors, generation_config.json and the tokenizer (GPT-2's vocab.json
-and merges.txt, or a byte-level BPE tokenizer.json that encodes exactly as our tiktoken vocabulary does);
-transformers loads it with no code of ours, and writing it needs only safetensors. load_hf() reads such a
-directory (or any local HF Llama) into our model, refusing what it cannot represent with one line.
+export_hf() writes config.json, model.safetensors, generation_config.json and the tokenizer (GPT-2's
+vocab.json and merges.txt, or a byte-level BPE tokenizer.json that encodes exactly as our tiktoken vocabulary
+does); transformers loads it with no code of ours, and writing it needs only safetensors. load_hf() reads such
+a directory (or any local HF Llama) into our model, refusing what it cannot represent with one line.
 """
 
 import json
@@ -35,7 +35,7 @@ class HFError(UserError):
 
 
 def to_hf_weights(state_dict, cfg):
-    """Our state dict in HF Llama's names: fused q/k/v and gate/up split, "model." prefixes, a tied head once."""
+    """Our state dict in HF Llama's names: q/k/v and gate/up split, "model." prefixed, a tied head once."""
     q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     weights = {}
     for name, w in state_dict.items():
@@ -84,14 +84,17 @@ def bytes_to_unicode():
     return chars
 
 
-def to_hf_string(token_bytes, table=bytes_to_unicode()):
-    return "".join(table[b] for b in token_bytes)
+BYTE_TO_UNICODE = bytes_to_unicode()
+
+
+def to_hf_string(token_bytes):
+    return "".join(BYTE_TO_UNICODE[b] for b in token_bytes)
 
 
 def bpe_merges(ranks):
     """The merge list for ranks: each token's last merge when BPE runs with the lower ranks only."""
     merges = []
-    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+    for token in sorted(ranks, key=ranks.get):
         if len(token) == 1:
             continue
         parts = [bytes([b]) for b in token]
@@ -103,7 +106,7 @@ def bpe_merges(ranks):
 
 
 def bpe_tokenizer_json(ranks):
-    """A tokenizers tokenizer.json: GPT-2's byte-level pre-tokenization, our ranks as ids, <|endoftext|> last."""
+    """A tokenizer.json: GPT-2's byte-level pre-tokenization, our ranks as ids, end-of-text last."""
     eot = len(ranks)
     byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     return {
@@ -171,7 +174,8 @@ def read_hf_tokenizer(path):
 
 
 def write_export(checkpoint, path):
-    """Writes the HF directory for a checkpoint dict (model_args, model, tokenizer) into path, a new directory."""
+    """Writes the HF directory for a checkpoint dict (model_args, model, tokenizer) into path, a new
+    directory."""
     from safetensors.torch import save_file
 
     cfg = ModelConfig(**checkpoint["model_args"])
@@ -200,7 +204,9 @@ def write_export(checkpoint, path):
         "bos_token_id": enc.eot_token,
         "eos_token_id": enc.eot_token,
         "torch_dtype": "float32",
-        **({"tinyllama_code": checkpoint["code"]} if "code" in checkpoint else {}),  # the code that trained it
+        **(
+            {"tinyllama_code": checkpoint["code"]} if "code" in checkpoint else {}
+        ),  # the code that trained it
     }
     save_file(
         to_hf_weights(checkpoint["model"], cfg),

@@ -61,9 +61,9 @@ def add_tokenizer(writer, gguf, enc):
 
 
 def add_weights(writer, gguf, state_dict, cfg, gguf_type):
-    """Every weight under llama.cpp's name in gguf_type, norms in f32 (as llama.cpp keeps them); a q8_0
-    matrix whose rows are not a multiple of q8_0's 32-value block is written in f16, as convert_hf_to_gguf.py
-    does. Returns the names written in f16 for that reason."""
+    """Every weight under llama.cpp's name in gguf_type, norms in f32 (as llama.cpp keeps them); a q8_0 matrix
+    whose rows are not a multiple of q8_0's 32-value block is written in f16, as convert_hf_to_gguf.py does.
+    Returns the names written in f16 for that reason."""
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.n_layers)
     matrix_type = gguf.GGMLQuantizationType[GGUF_TYPES[gguf_type][0]]
     fell_back = []

@@ -1,4 +1,5 @@
-"""The figures eval.py reports: exact per-story loss and bits per byte, and the figures of a model's own stories.
+"""The figures eval.py reports: exact per-story loss and bits per byte, and the figures of a model's own
+stories.
 
 Every story is scored on its own, preceded by <|endoftext|> as in training, and every token counts once, the
 <|endoftext|> that closes the story included. A story longer than the context is read in windows of the
@@ -121,10 +122,10 @@ def longest_copy(stories, training):
 def story_figures(stories, ended=None):
     """Figures over texts; words are lowercased runs of letters and digits (see WORD).
 
-    ended: whether each story reached <|endoftext|> (samples). distinct-n: distinct word n-grams / all n-grams,
-    over all stories together (n-grams do not cross stories). repeated_4grams: the share of 4-grams that already
-    occurred earlier in the same story, pooled over all stories. article_presence: the share of stories with
-    a, an or the (seed 003's figure).
+    ended: whether each story reached <|endoftext|> (samples). distinct-n: distinct word n-grams / all
+    n-grams, over all stories together (n-grams do not cross stories). repeated_4grams: the share of 4-grams
+    that already occurred earlier in the same story, pooled over all stories. article_presence: the share of
+    stories with a, an or the (seed 003's figure).
     """
     split = [words(s) for s in stories]
     n_words = sum(map(len, split))
@@ -151,9 +152,9 @@ def memorisation(stories, training):
 
 
 def sample_stories(lm, n, seed, batch_size, settings, torch_device):
-    """(texts, continuations, ended): story i continues OPENINGS[i * len(OPENINGS) // n] and is seeded
-    seed + i; the stories of one opening are decoded together, batch_size at a time. A text is the opening
-    and its continuation, the model's own words."""
+    """(texts, continuations, ended): story i continues OPENINGS[i * len(OPENINGS) // n] and is seeded seed +
+    i; the stories of one opening are decoded together, batch_size at a time. A text is the opening and its
+    continuation, the model's own words."""
     texts, continuations, ended = [], [], []
     for opening, group in itertools.groupby(range(n), key=lambda i: i * len(OPENINGS) // n):
         group = list(group)

@@ -2,8 +2,8 @@
 
 Inference state lives outside it: forward takes an optional KV cache (one (k, v) pair of buffers per layer,
 made by generate.py) and the position of its first token. Names follow Hugging Face's LlamaForCausalLM, with
-q/k/v and gate/up fused into one matrix each (as nanoGPT and gpt-fast do: one product instead of three);
-hf.py splits them on export. RoPE uses HF's "rotate half" convention.
+q/k/v and gate/up fused into one matrix each (as nanoGPT and gpt-fast do: one product instead of three); hf.py
+splits them on export. RoPE uses HF's "rotate half" convention.
 """
 
 import math
@@ -162,9 +162,9 @@ def _candidates(requested, q):
 def causal_attention(q, k, v, backend="auto"):
     """Causal attention through the fastest kernel that is installed and accepts these inputs.
 
-    Order: an explicit backend wins; else FlashAttention-4 on sm90+ in bf16/fp16,
-    then FlashAttention-2, then torch's scaled_dot_product_attention. A missing package or a kernel that
-    refuses the input falls through to the next.
+    Order: an explicit backend wins; else FlashAttention-4 on sm90+ in bf16/fp16, then FlashAttention-2, then
+    torch's scaled_dot_product_attention. A missing package or a kernel that refuses the input falls through
+    to the next.
     """
     key = (backend, q.device.type, q.dtype)
     if key not in _chosen:
@@ -180,8 +180,8 @@ class BackendError(RuntimeError):
 
 
 def pick_attention_backend(config, device, dtype):
-    """Chooses (and logs) the kernel for this device and dtype now, eagerly: called before torch.compile,
-    the compiled graph then holds the chosen kernel and no graph break. Raises BackendError."""
+    """Chooses (and logs) the kernel for this device and dtype now, eagerly: called before torch.compile, the
+    compiled graph then holds the chosen kernel and no graph break. Raises BackendError."""
     probe = torch.zeros(1, 8, config.n_heads, config.head_dim, device=device, dtype=dtype)
     kv = probe[:, :, : config.n_kv_heads]
     causal_attention(probe, kv, kv, config.attn_backend)
@@ -346,9 +346,9 @@ class Llama(nn.Module):
 
         cache: None, or one (k, v) pair of (B, n_kv_heads, S, head_dim) buffers per layer (S at least
         max_seq_len); this chunk's keys and values are written at [pos, pos + T), and each token attends to
-        every cached position up to its own, so a prompt can be fed in chunks at any offset. pos is an int
-        (or a symbolic one, in an exported graph): attention reads the first pos + T slots. Or a 0-d tensor,
-        for a graph of static shapes (CUDA graphs): attention then spans the whole cache, masked by position.
+        every cached position up to its own, so a prompt can be fed in chunks at any offset. pos is an int (or
+        a symbolic one, in an exported graph): attention reads the first pos + T slots. Or a 0-d tensor, for a
+        graph of static shapes (CUDA graphs): attention then spans the whole cache, masked by position.
         """
         T = idx.shape[1]
         if not isinstance(pos, torch.Tensor) and pos + T > self.config.max_seq_len:
@@ -368,8 +368,8 @@ class Llama(nn.Module):
         return self.norm(h)
 
     def forward(self, idx, targets=None, cache=None, pos=0):
-        """With targets: the mean cross-entropy over targets that are not -1, without ever holding the
-        (B, T, vocab) logits. Without: the float32 logits of the last position, (B, vocab)."""
+        """With targets: the mean cross-entropy over targets that are not -1, without ever holding the (B, T,
+        vocab) logits. Without: the float32 logits of the last position, (B, vocab)."""
         h = self.hidden(idx, cache, pos)
         if targets is None:
             return self.lm_head(h[:, -1]).float()

@@ -4,10 +4,10 @@
   python prepare.py --input=TinyStories-train.txt --val_input=TinyStories-valid.txt
   python prepare.py --input='data/*.jsonl' --val_fraction=0.05 --vocab_size=4096
 
-Every story is followed by <|endoftext|>. Local inputs may be .txt (stories separated by <|endoftext|>
-lines, the official layout), .json / .jsonl / .parquet with a `text` column, or the JSON shards of
-TinyStories_all_data.tar.gz (a `story` field). Outputs are written under temporary names and renamed
-at the end, so a failed or interrupted run never replaces good data.
+Every story is followed by <|endoftext|>. Local inputs may be .txt (stories separated by <|endoftext|> lines,
+the official layout), .json / .jsonl / .parquet with a `text` column, or the JSON shards of
+TinyStories_all_data.tar.gz (a `story` field). Outputs are written under temporary names and renamed at the
+end, so a failed or interrupted run never replaces good data.
 """
 
 import json
@@ -194,7 +194,8 @@ def prepare():
             f"({s['bytes'] / s['tokens']:.2f} bytes/token) -> {final[split + '.bin']}"
         )
     print(
-        f"tokenizer: {tokenizer.spec_kind(spec)}, vocab_size {encoding.n_vocab}, end-of-text id {encoding.eot_token}"
+        f"tokenizer: {tokenizer.spec_kind(spec)}, vocab_size {encoding.n_vocab}, end-of-text id "
+        f"{encoding.eot_token}"
     )
 
 

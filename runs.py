@@ -25,7 +25,8 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
 
 
 def lock(out_dir):
-    """Holds out_dir/lock for as long as this process lives, or raises UserError naming the process holding it.
+    """Holds out_dir/lock for as long as this process lives, or raises UserError naming the process holding
+    it.
 
     flock, not a file's existence: the kernel drops the lock when its process ends, even by SIGKILL."""
     handle = open(os.path.join(out_dir, "lock"), "a+")
@@ -63,8 +64,8 @@ def read_log(path):
 
 
 def restart_log(path, iter_num):
-    """A scratch run (iter_num 0) starts a new log; a resumed one drops what the interrupted run logged after its
-    checkpoint (the checkpoint's eval is logged again when the run evaluates at that iteration)."""
+    """A scratch run (iter_num 0) starts a new log; a resumed one drops what the interrupted run logged after
+    its checkpoint (the checkpoint's eval is logged again when the run evaluates at that iteration)."""
     kept = [
         r for r in read_log(path) if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" not in r)
     ]
@@ -132,7 +133,8 @@ def describe_version(version):
 
 
 def code_changed(version):
-    """A warning when the model.py that wrote a checkpoint (its recorded version) differs from this one, else None."""
+    """A warning when the model.py that wrote a checkpoint (its recorded version) differs from this one, else
+    None."""
     now = model_hash()
     if not version or version.get("model_py") == now:
         return None
@@ -179,13 +181,15 @@ def draw(runs, path):
         ys |= {y: bottom - (bottom - top) * (y - y_low) / (y_high - y_low) for y in ticks(y_low, y_high)}
         parts.append(f'<text x="{left}" y="20" font-size="13">{title}</text>')
         parts.append(
-            f'<rect x="{left}" y="{top}" width="{panel_width}" height="{bottom - top}" fill="none" stroke="#999"/>'
+            f'<rect x="{left}" y="{top}" width="{panel_width}" height="{bottom - top}" '
+            'fill="none" stroke="#999"/>'
         )
         for x in ticks(0, x_high):
             parts.append(f'<text x="{xs[x]:.1f}" y="{bottom + 15}" text-anchor="middle">{x / 1e6:g}M</text>')
         for y in ticks(y_low, y_high):
             parts.append(
-                f'<line x1="{left}" x2="{left + panel_width}" y1="{ys[y]:.1f}" y2="{ys[y]:.1f}" stroke="#eee"/>'
+                f'<line x1="{left}" x2="{left + panel_width}" y1="{ys[y]:.1f}" y2="{ys[y]:.1f}" '
+                'stroke="#eee"/>'
             )
             parts.append(f'<text x="{left - 4}" y="{ys[y] + 4:.1f}" text-anchor="end">{y:.4g}</text>')
         parts.append(

@@ -5,10 +5,10 @@
   python sample.py --out_dir=out/smoke --start=FILE:prompt.txt --top_k=40 --seed=7
   python sample.py --hf_dir=hf/smoke                  # a Hugging Face Llama directory
 
-The model and its tokenizer both come from the checkpoint, so a model trained on its own vocabulary
-decodes with it. Every prompt is preceded by <|endoftext|>, as every story in the training data is;
-an empty prompt starts a fresh story. Generation stops at <|endoftext|> or after max_new_tokens (Ctrl-C
-stops it sooner). Only the stories go to stdout; which checkpoint was loaded and the speed go to stderr.
+The model and its tokenizer both come from the checkpoint, so a model trained on its own vocabulary decodes
+with it. Every prompt is preceded by <|endoftext|>, as every story in the training data is; an empty prompt
+starts a fresh story. Generation stops at <|endoftext|> or after max_new_tokens (Ctrl-C stops it sooner). Only
+the stories go to stdout; which checkpoint was loaded and the speed go to stderr.
 """
 
 import codecs
@@ -58,7 +58,8 @@ if start.startswith("FILE:"):
             start = f.read()
     except UnicodeDecodeError as e:
         fail(
-            f"prompt file '{start[5:]}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+            f"prompt file '{start[5:]}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start})"
         )
     except OSError as e:
         fail(f"cannot read prompt file '{start[5:]}': {e.strerror}")
@@ -69,10 +70,13 @@ if warning:
 idx = torch.tensor([prompt] * num_samples, dtype=torch.long, device=model.embed_tokens.weight.device)
 
 
-def shown(text, terminal=sys.stdout.isatty()):
-    """The text as it is, or on a terminal, which would obey the escape codes a prompt or a model can hold, with
-    control characters other than newlines and tabs shown escaped (as \x1b)."""
-    if not terminal:
+TERMINAL = sys.stdout.isatty()
+
+
+def shown(text):
+    """The text as it is, or on a terminal, which would obey the escape codes a prompt or a model can hold,
+    with control characters other than newlines and tabs shown escaped (as \x1b)."""
+    if not TERMINAL:
         return text
     return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 

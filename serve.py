@@ -10,11 +10,11 @@
   POST /v1/completions   OpenAI's completions, streaming or not (the openai client works with
   GET  /v1/models        base_url="http://127.0.0.1:7779/v1")
 
-One worker thread owns the model and does all generation. Requests are queued to it and interleaved one
-token at a time (round robin), each with its own KV cache and random generator, so each gets exactly the
-text it would get alone, which is sample.py's text for the same prompt, seed and settings. Each request's
-HTTP thread drains its events to the socket, so a slow client never holds up the worker; a client that
-hangs up is cancelled. Standard library only (http.server): nothing to install beyond training's needs.
+One worker thread owns the model and does all generation. Requests are queued to it and interleaved one token
+at a time (round robin), each with its own KV cache and random generator, so each gets exactly the text it
+would get alone, which is sample.py's text for the same prompt, seed and settings. Each request's HTTP thread
+drains its events to the socket, so a slow client never holds up the worker; a client that hangs up is
+cancelled. Standard library only (http.server): nothing to install beyond training's needs.
 """
 
 import codecs
@@ -78,7 +78,8 @@ class ApiError(Exception):
 
 
 def read_field(body, name, kind, default):
-    """body[name] checked to be of JSON type kind (an integer may stand for a number); default if absent or null."""
+    """body[name] checked to be of JSON type kind (an integer may stand for a number); default if absent or
+    null."""
     value = body.get(name)
     if value is None:
         return default
@@ -95,8 +96,8 @@ def held_back(text, stops):
 
 
 class Job:
-    """One request. The worker puts its events: ("text", piece)..., then ("done", figures) or ("error", message);
-    its HTTP thread takes them."""
+    """One request. The worker puts its events: ("text", piece)..., then ("done", figures) or ("error",
+    message); its HTTP thread takes them."""
 
     def __init__(self, prompt_ids, settings, warning):
         self.prompt_ids, self.settings, self.warning = prompt_ids, settings, warning
@@ -107,7 +108,7 @@ class Job:
         self.began, self.first_token_s = time.perf_counter(), None
 
     def send_text(self, final):
-        """Sends the new text, stopping at a stop string and keeping back what may begin one; True at a stop."""
+        """Sends the new text, stopping at a stop string and keeping back what may begin one; True at one."""
         stops = self.settings["stop"]
         hits = [i for i in (self.text.find(s, self.sent) for s in stops) if i >= 0]
         end = min(hits) if hits else len(self.text) - (0 if final else held_back(self.text, stops))
@@ -128,8 +129,8 @@ class Job:
 
 
 class Service:
-    """The model and its limits: checks requests into jobs, and runs every job in one worker thread that
-    takes one token of each active job in turn."""
+    """The model and its limits: checks requests into jobs, and runs every job in one worker thread that takes
+    one token of each active job in turn."""
 
     def __init__(self, model, enc, step, facts, max_tokens_limit, max_requests):
         self.model, self.enc, self.step, self.facts = model, enc, step, facts
@@ -275,7 +276,8 @@ class Server(ThreadingHTTPServer):
         self.service = service
 
     def handle_error(self, request, client_address):
-        """A client that resets its connection is nothing to report; anything else is a bug, with its traceback."""
+        """A client that resets its connection is nothing to report; anything else is a bug, with its
+        traceback."""
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 

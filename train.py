@@ -4,9 +4,9 @@
   python train.py --batch_size=32 --compile=False             # any global below, as --key=value
   torchrun --standalone --nproc_per_node=8 train.py config/train_190m.py
 
-Batches come from a generator keyed by (seed, global micro-batch index), so W ranks see exactly the
-batches one rank with W times the accumulation sees, and a resumed run replays and skips nothing.
-out_dir/ckpt.pt is the latest full state (for --init_from=resume); out_dir/best.pt the lowest val loss.
+Batches come from a generator keyed by (seed, global micro-batch index), so W ranks see exactly the batches
+one rank with W times the accumulation sees, and a resumed run replays and skips nothing. out_dir/ckpt.pt is
+the latest full state (for --init_from=resume); out_dir/best.pt the lowest val loss.
 """
 
 import gc
@@ -47,6 +47,7 @@ wandb_project = "tinystories"
 # batch: tokens per optimizer step = batch_size * block_size * gradient_accumulation_steps
 batch_size = 32  # per micro-step and rank
 block_size = 256
+story_aligned = False  # windows start at a story's <|endoftext|> (as eval.py reads stories), not at any token
 gradient_accumulation_steps = 4  # in total over all ranks; each rank does this / world size
 # model
 dim = 288
@@ -59,6 +60,7 @@ max_seq_len = 0  # the model's context; 0: block_size
 rope_theta = 10000.0
 dropout = 0.0
 tie_embeddings = False  # untied: the embedding can take embedding_lr_scale's higher lr without the head
+zero_init = False  # o_proj and down_proj start at zero, so that each block starts as the identity
 attn_backend = "auto"  # auto, fa4, fa2, sdpa or math
 # optimizer and schedule: the defaults are the recipe bench.py --what=recipe measured best; the source-named
 # presets in config/ set their source's recipe, and config/train_baseline_adamw.py the one used before
@@ -119,14 +121,16 @@ if (
 ):  # the README's torchrun line on a 1-step preset: one step per rank
     if master:
         print(
-            f"note: gradient_accumulation_steps={gradient_accumulation_steps} is below the {world_size} ranks; "
+            f"note: gradient_accumulation_steps={gradient_accumulation_steps} is below the {world_size} "
+            "ranks; "
             f"using {world_size}, one micro-step per rank",
             file=sys.stderr,
         )
     gradient_accumulation_steps = config["gradient_accumulation_steps"] = world_size
 if gradient_accumulation_steps % world_size:
     fail(
-        f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} ranks"
+        f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} "
+        "ranks"
     )
 if wandb_log:
     try:
@@ -135,7 +139,8 @@ if wandb_log:
         fail("--wandb_log=True needs the wandb package: pip install wandb (or leave --wandb_log off)")
 if compile and not compiler_cache_writable():
     print(
-        "warning: torch.compile's cache directory is not writable: training eagerly (set TORCHINDUCTOR_CACHE_DIR "
+        "warning: torch.compile's cache directory is not writable: training eagerly (set "
+        "TORCHINDUCTOR_CACHE_DIR "
         "to a writable directory to compile)",
         file=sys.stderr,
     )
@@ -155,7 +160,8 @@ if init_from == "auto":
     init_from = "resume" if os.path.isfile(ckpt_path) else "scratch"
 if init_from != "resume" and os.path.isfile(ckpt_path) and not overwrite:
     fail(
-        f"{out_dir} already holds a checkpoint ({ckpt_path}); continue it with --init_from=resume, train into "
+        f"{out_dir} already holds a checkpoint ({ckpt_path}); continue it with --init_from=resume, train "
+        "into "
         "another --out_dir, or replace it with --overwrite=True"
     )
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -201,7 +207,8 @@ try:
             ):
                 fail(
                     f"--{key}={config[key]} conflicts with {ckpt_path}, whose model has {key}="
-                    f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another --out_dir"
+                    f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another "
+                    "--out_dir"
                 )
         raw_model = model_from_checkpoint(checkpoint, dropout=dropout, attn_backend=attn_backend)
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
@@ -219,12 +226,17 @@ try:
         raw_model = Llama(
             ModelConfig(**shape, vocab_size=meta["vocab_size"], dropout=dropout, attn_backend=attn_backend)
         )
+        for name, p in raw_model.named_parameters() if zero_init else []:
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                torch.nn.init.zeros_(p)
     model_config = raw_model.config
     if block_size > model_config.max_seq_len:
         fail(
-            f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}"
+            f"block_size={block_size} is larger than the model's context "
+            f"max_seq_len={model_config.max_seq_len}"
         )
-    # about what a micro-batch's activations take for the backward: ~10 numbers per token, layer and dim, and 4
+    # about what a micro-batch's activations take for the backward: ~10 numbers per token, layer and dim, and
+    # 4
     # per hidden unit; refused when that alone is more than the device has, rather than dying in the allocator
     need = (
         batch_size
@@ -235,8 +247,10 @@ try:
     need *= DTYPES[dtype].itemsize
     if need > (total_memory(device) or float("inf")):
         fail(
-            f"--batch_size={batch_size} of {block_size} tokens needs about {need / 2**30:,.0f} GiB of activations, "
-            f"more than the {total_memory(device) / 2**30:,.0f} GiB here: use a smaller --batch_size and a larger "
+            f"--batch_size={batch_size} of {block_size} tokens needs about {need / 2**30:,.0f} GiB of "
+            "activations, "
+            f"more than the {total_memory(device) / 2**30:,.0f} GiB here: use a smaller --batch_size and a "
+            "larger "
             "--gradient_accumulation_steps (the tokens per step stay the same)"
         )
     raw_model.to(device)
@@ -246,8 +260,8 @@ except (ValueError, BackendError) as e:  # a shape the model cannot take, an att
 
 
 def make_optimizers(model):
-    """AdamW (weight decay on matrices only), or Muon for the blocks' matrices and AdamW for the rest.
-    Each group's lr is the schedule's lr times the group's lr_scale."""
+    """AdamW (weight decay on matrices only), or Muon for the blocks' matrices and AdamW for the rest. Each
+    group's lr is the schedule's lr times the group's lr_scale."""
     matrices = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("layers.")]
     embedding = model.embed_tokens.weight
     others = [
@@ -298,7 +312,7 @@ def get_lr(it):
 
 
 def muon_momentum_at(it):
-    """modded-nanogpt's momentum warmup: from 0.85 up to muon_momentum over muon_momentum_warmup iterations."""
+    """modded-nanogpt's momentum warmup: 0.85 up to muon_momentum over muon_momentum_warmup iterations."""
     if it >= muon_momentum_warmup:
         return muon_momentum
     return 0.85 + (muon_momentum - 0.85) * it / muon_momentum_warmup
@@ -315,8 +329,10 @@ if checkpoint is not None:
             opt.load_state_dict(state)
     except (ValueError, KeyError) as e:
         fail(
-            f"{ckpt_path}'s optimizer state does not fit this run's optimizer ({e}); resume with the recipe it "
-            f"was trained with (its config: optimizer={checkpoint['config'].get('optimizer', 'adamw')!r}), or "
+            f"{ckpt_path}'s optimizer state does not fit this run's optimizer ({e}); resume with the recipe "
+            "it "
+            f"was trained with (its config: optimizer={checkpoint['config'].get('optimizer', 'adamw')!r}), "
+            "or "
             "export it (export.py) and start from its weights with --init_from=hf:DIR"
         )
     scaler.load_state_dict(checkpoint["scaler"])
@@ -350,10 +366,14 @@ model = DDP(compiled, device_ids=[local_rank] if device_type == "cuda" else None
 
 
 def train_batch(it, step):
-    """This rank's micro-batch `step` of iteration `it`: keyed by its global micro-batch index, so it is the same
-    on any number of ranks, and on resume."""
+    """This rank's micro-batch `step` of iteration `it`: keyed by its global micro-batch index, so it is the
+    same on any number of ranks, and on resume."""
     index = it * gradient_accumulation_steps + rank * accumulation + step
     rng = np.random.default_rng([seed, index])
+    if story_aligned:
+        return data.windows(
+            "train", data.story_starts[rng.integers(0, len(data.story_starts), size=batch_size)]
+        )
     return data.windows("train", rng.integers(0, data.tokens["train"] - block_size, size=batch_size))
 
 
@@ -363,7 +383,8 @@ val_starts = np.linspace(0, data.tokens["val"] - block_size - 1, eval_iters * ba
 
 @torch.no_grad()
 def evaluate():
-    """Mean loss over the fixed validation windows; bits per byte = loss / ln 2 / (bytes per token of val.bin)."""
+    """Mean loss over the fixed validation windows; bits per byte = loss / ln 2 / (bytes per token of
+    val.bin)."""
     compiled.eval()
     total = torch.zeros(2, device=device, dtype=torch.float64)  # sum of window losses, windows
     mine = val_starts[rank::world_size]
@@ -536,7 +557,8 @@ while True:
     if non_finite:
         if master:  # one line, not one per rank
             print(
-                f"error: the loss became non-finite by iteration {iter_num}; stopping, and keeping the last good "
+                f"error: the loss became non-finite by iteration {iter_num}; stopping, and keeping the last "
+                "good "
                 f"checkpoint {ckpt_path}. Try a lower --learning_rate, --grad_clip, or bfloat16/float32",
                 file=sys.stderr,
             )
@@ -560,7 +582,8 @@ while True:
         write_checkpoint({}, False)
         if master:
             print(
-                f"stopped by signal after iteration {iter_num}; saved {ckpt_path}. Continue with --init_from=resume"
+                f"stopped by signal after iteration {iter_num}; saved {ckpt_path}. Continue with "
+                "--init_from=resume"
             )
         break
 

@@ -93,8 +93,8 @@ def all_logits(model, idx, cache=None, pos=0):
 def run_in_process(script, *args):
     """Runs a repository script in this process (no interpreter start-up): (exit code, stdout, stderr).
 
-    A UserError that escapes the script ends it as configure()'s hook ends a real run: one error line, exit
-    1. Any other exception is re-raised, so a traceback fails the test.
+    A UserError that escapes the script ends it as configure()'s hook ends a real run: one error line, exit 1.
+    Any other exception is re-raised, so a traceback fails the test.
     """
     import contextlib
     import io

@@ -17,8 +17,8 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def fake_run(path, config, finals, code=None):
-    """A run directory as train.py leaves it: log.jsonl (train lines, then evals ending at the final bpb)
-    and a checkpoint holding the config and code version."""
+    """A run directory as train.py leaves it: log.jsonl (train lines, then evals ending at the final bpb) and
+    a checkpoint holding the config and code version."""
     path.mkdir(parents=True)
     records = []
     for i, bpb in enumerate(finals, 1):

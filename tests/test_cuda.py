@@ -187,7 +187,8 @@ def test_ddp_over_nccl_equals_gradient_accumulation(data_dir, tmp_path):
     assert one.returncode == 0, one.stderr
     rank0, single = (torch.load(tmp_path / d / "rank0.pt") for d in ("two", "one"))
     for k in single:
-        # Muon orthogonalises in bfloat16, which carries the gradient sums' rounding into the weights at bf16's
+        # Muon orthogonalises in bfloat16, which carries the gradient sums' rounding into the weights at
+        # bf16's
         # precision, as on the CPU (test_train.py)
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-2, atol=2e-3)
 

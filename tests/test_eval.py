@@ -22,7 +22,8 @@ CONTEXT = 32  # the tiny model's max_seq_len: most test stories are longer, so t
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """prepare.py's 300-id BPE data (val: 6 known stories) and a random tiny Llama on it, saved as train.py would."""
+    """prepare.py's 300-id BPE data (val: 6 known stories) and a random tiny Llama on it, saved as train.py
+    would."""
     tmp = tmp_path_factory.mktemp("eval")
     val = make_stories(6, seed=1) + ["Hi.", "café 🙂 naïve"]  # short ones and non-ASCII bytes too
     prep = run_script(
@@ -67,8 +68,10 @@ def evaluate(tmp_path, *args):
 
 
 def reference_nll(model, ids, window):
-    """-log p of ids[1:], position by position, from full-forward logits of the context each position is given:
-    the first window reads positions 0..window-1, later windows end every window/2 positions, and a position is
+    """-log p of ids[1:], position by position, from full-forward logits of the context each position is
+    given:
+    the first window reads positions 0..window-1, later windows end every window/2 positions, and a position
+    is
     scored in the first window that ends after it, which reads back `window` tokens from its end."""
     total, n, cached = 0.0, len(ids) - 1, {}
     for p in range(n):
@@ -122,7 +125,8 @@ def test_the_batch_size_does_not_change_the_figures(run, tmp_path):
 
 
 def test_quantize_scores_the_model_as_sample_py_decodes_it(run, tmp_path):
-    """--quantize=int8 scores the quantized matrices (the figure is their own hand-written sum, not fp32's)."""
+    """--quantize=int8 scores the quantized matrices (the figure is their own hand-written sum, not
+    fp32's)."""
     args = (f"--out_dir={run['tmp'] / 'out'}", f"--input={run['tmp'] / 'val.txt'}")
     exact, int8 = evaluate(tmp_path, *args)["lm"], evaluate(tmp_path, *args, "--quantize=int8")["lm"]
     model = prepare_for_decoding(copy.deepcopy(run["model"]), "int8")
@@ -344,8 +348,8 @@ def test_a_temperature_too_small_to_sample_at_samples_greedily(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def broken_tokenizers(tmp_path_factory):
-    """Two Hugging Face GPT-2 directories whose tokenizers do not fit: one with more ids than the model has rows,
-    one that has a single token and so encodes no story at all."""
+    """Two Hugging Face GPT-2 directories whose tokenizers do not fit: one with more ids than the model has
+    rows, one that has a single token and so encodes no story at all."""
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
     tmp = tmp_path_factory.mktemp("tokenizers")

@@ -62,8 +62,8 @@ def test_quantized_decoding_stays_close_to_fp32(quantize):
 @pytest.mark.parametrize("batch", [1, 2])
 def test_the_static_step_gpus_capture_gives_the_eager_tokens_from_one_graph(batch):
     """The step CUDA graphs replay (a tensor position, the whole cache masked), traced on CPU: the eager
-    tokens, across window restarts, and no recompiling as the position moves (each recompile would
-    re-record the CUDA graph: seen on an H200 as one 240-token sample in three taking 3 s instead of 85 ms)."""
+    tokens, across window restarts, and no recompiling as the position moves (each recompile would re-record
+    the CUDA graph: seen on an H200 as one 240-token sample in three taking 3 s instead of 85 ms)."""
     model = tiny()
     idx = torch.randint(0, 97, (batch, 5))
     eager = generate(model, idx, 40, **GREEDY)

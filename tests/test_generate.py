@@ -10,8 +10,8 @@ GREEDY = dict(temperature=0, repetition_penalty=1.0)  # the model's own argmax a
 
 
 def greedy_recomputed(model, idx, max_new_tokens):
-    """nanoGPT's way, for reference: the whole context through the model every step, no cache, over the windows
-    stream() keeps (a restart from the last half of the window when it is full)."""
+    """nanoGPT's way, for reference: the whole context through the model every step, no cache, over the
+    windows stream() keeps (a restart from the last half of the window when it is full)."""
     window, context, out = model.config.max_seq_len, idx, idx
     for _ in range(max_new_tokens):
         token = all_logits(model, context)[:, -1].argmax(-1, keepdim=True)

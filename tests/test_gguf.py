@@ -128,8 +128,8 @@ def gpt2_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(data_dir, gpt2_data, tmp_path_factory):
     """Two models trained by train.py and exported by export.py: on our 300-id BPE with tied embeddings and
-    grouped-query attention (2 key/value heads for 4), on GPT-2's tokenizer untied with 4 of each. Each
-    run: its out_dir, its model and tokenizer as the checkpoint loads them, its llama.cpp models by type."""
+    grouped-query attention (2 key/value heads for 4), on GPT-2's tokenizer untied with 4 of each. Each run:
+    its out_dir, its model and tokenizer as the checkpoint loads them, its llama.cpp models by type."""
     tmp = tmp_path_factory.mktemp("runs")
     shapes = {
         "bpe": (data_dir, ["--tie_embeddings=True", "--n_kv_heads=2"], ("f32", "f16", "q8_0")),

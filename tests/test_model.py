@@ -293,8 +293,8 @@ def test_tied_embeddings_share_one_tensor():
 
 def test_flops_per_token_is_the_counted_matrix_products_plus_attention_counted_by_hand():
     """PaLM's 6N + 12*L*H*Q*T, made another way: torch counts the matrix products of one training step (the
-    loss's head included), and attention is counted by hand for this shape. They differ only by the norms'
-    320 weights, which 6N counts and no product has (0.3%)."""
+    loss's head included), and attention is counted by hand for this shape. They differ only by the norms' 320
+    weights, which 6N counts and no product has (0.3%)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = tiny().train()  # 2 layers, 4 heads of 16, context 32

@@ -196,7 +196,8 @@ def parquet(columns):
 
 
 GOOD = "--input={tmp}/good.txt"
-# (case, files to write first: {name: text, bytes, a writer, or None for a directory}, arguments, what the line says)
+# (case, files to write first: {name: text, bytes, a writer, or None for a directory}, arguments, what the
+# line says)
 BAD_INPUT = [
     ("missing file", {}, ["--input={tmp}/nope.txt"], "not found"),
     ("directory", {"stories": None}, ["--input={tmp}/stories"], "input '{tmp}/stories' is a directory"),
@@ -293,7 +294,7 @@ def test_bad_input_fails_with_one_line_and_leaves_good_data(tmp_path, good_out, 
 
 
 def test_a_failed_first_run_leaves_no_directory(tmp_path, stories):
-    """As a user sees it: the error comes on its own line after the progress bar, and nothing is left behind."""
+    """As a user sees it: the error comes on its own line after the progress bar, and nothing is left."""
     lines = [json.dumps({"text": story}) for story in stories] + ['{"text": "cut off']
     (tmp_path / "x.jsonl").write_text("\n".join(lines))
     result = run_script("prepare.py", f"--input={tmp_path / 'x.jsonl'}", f"--out_dir={tmp_path / 'new'}")

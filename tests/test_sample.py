@@ -171,8 +171,8 @@ def test_several_samples_decode_as_one_batch_and_each_is_its_seeds_text(trained)
 
 @pytest.fixture
 def fake_compiled_step(monkeypatch):
-    """compile_for_decoding replaced by a recorder (the real build is tested in test_fastdecode.py): the
-    build flag of each call, and how many decode steps ran through the step it returned."""
+    """compile_for_decoding replaced by a recorder (the real build is tested in test_fastdecode.py): the build
+    flag of each call, and how many decode steps ran through the step it returned."""
     import fastdecode
 
     calls = {"builds": [], "steps": 0}

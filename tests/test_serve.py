@@ -1,5 +1,5 @@
-"""serve.py: the page, /health, /generate's events, OpenAI's API through its own client, concurrency,
-hang-ups and bad requests, all against one server on a tiny model; and a headless Chromium on the page."""
+"""serve.py: the page, /health, /generate's events, OpenAI's API through its own client, concurrency, hang-ups
+and bad requests, all against one server on a tiny model; and a headless Chromium on the page."""
 
 import http.client
 import json
@@ -28,7 +28,8 @@ SAMPLED = {"temperature": 1.0, "top_p": 0.95, "top_k": 100, "repetition_penalty"
 
 
 def tiny_checkpoint():
-    """A 257-id byte-level model whose likeliest next token goes round 'Lily:é🙂\\n', goes 'Z' -> 'z' -> '.' ->
+    """A 257-id byte-level model whose likeliest next token goes round 'Lily:é🙂\\n', goes 'Z' -> 'z' -> '.'
+    ->
     <|endoftext|>, and from any other token starts the cycle. Its attention and MLP blocks are random, so the
     other tokens' odds depend on the context: sampling at temperature 1 gives varied text."""
     torch.manual_seed(0)
@@ -345,7 +346,8 @@ def test_eight_concurrent_clients_each_get_what_they_would_get_alone(server):
 
 def test_clients_that_hang_up_or_stop_reading_free_their_place(server):
     """max_requests clients that stop reading (streams) or wait for a whole answer fill the server, and a
-    request more is refused. One hanging up frees its place at once, and the others' hang-ups free the rest."""
+    request more is refused. One hanging up frees its place at once, and the others' hang-ups free the rest.
+    """
     wait_for(lambda: in_flight(server) == 0)
     waiting = connect(server)  # a whole (not streamed) OpenAI completion: nothing is written before its end
     waiting.request("POST", "/v1/completions", json.dumps({"prompt": "Once", "max_tokens": LIMIT}))
@@ -418,7 +420,7 @@ def test_bad_requests_are_refused_with_a_message(server, method, path, body, sta
 
 
 def raw_request(url, data, reset=False):
-    """Sends bytes as they are (headers http.client would not write); the status line, or None after a reset."""
+    """Sends bytes as they are (headers http.client would not write); the status line, or None on a reset."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as s:
         s.sendall(data)
@@ -494,7 +496,7 @@ def test_a_busy_port_fails_with_one_line(server, model_dir):
 
 
 def chromium():
-    """A headless Chromium driven by Selenium, with the system's chromedriver; skips where either is missing."""
+    """A headless Chromium driven by Selenium, with the system's chromedriver; skips where one is missing."""
     webdriver = pytest.importorskip("selenium.webdriver")
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")

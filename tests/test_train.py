@@ -686,5 +686,7 @@ def test_a_batch_too_large_for_memory_is_refused_before_anything_is_written(data
     result = run_in_process(
         "train.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'run'}", *TINY, "--batch_size=100000000"
     )
-    assert_clean_error(result, "--batch_size=100000000 of 32 tokens needs about", "--gradient_accumulation_steps")
+    assert_clean_error(
+        result, "--batch_size=100000000 of 32 tokens needs about", "--gradient_accumulation_steps"
+    )
     assert not (tmp_path / "run").exists()
