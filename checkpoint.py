@@ -72,6 +72,31 @@ def load_checkpoint(path, map_location="cpu", warn=True):
     return checkpoint
 
 
+def load_for_resume(path, device, options, allow_code_change=False, warn=True):
+    """The full checkpoint a run continues from: with its optimizer state, written under this model.py (or
+    allow_code_change, with a warning), and a model whose shape agrees with every option in options."""
+    checkpoint = load_checkpoint(path, map_location=device, warn=False)
+    if "optimizer" not in checkpoint:
+        raise CheckpointError(
+            f"{path} holds no optimizer state: start from its weights in a new out_dir instead"
+        )
+    changed = code_changed(checkpoint.get("code"))
+    if changed and not allow_code_change:
+        raise CheckpointError(
+            f"model.py changed since {path} was written: {changed}; resume anyway with "
+            "--allow_code_change=True, or train into another --out_dir"
+        )
+    if changed and warn:
+        print(f"warning: {path}: {changed}", file=sys.stderr)
+    for key, value in options.items():
+        if value != checkpoint["config"].get(key, value):
+            raise CheckpointError(
+                f"--{key}={value} conflicts with {path}, whose model has {key}="
+                f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another --out_dir"
+            )
+    return checkpoint
+
+
 def checkpoint_path(out_dir, ckpt=""):
     """out_dir/ckpt if given, else out_dir/best.pt when it exists, else out_dir/ckpt.pt; said on stderr."""
     name = ckpt or ("best.pt" if os.path.isfile(os.path.join(out_dir, "best.pt")) else "ckpt.pt")

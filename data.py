@@ -278,6 +278,16 @@ class TrainingData:
         starts = np.concatenate(eot)
         self.story_starts = starts[starts + block_size + 1 <= self.tokens["train"]]
 
+    def check_vocabulary(self, source, spec, vocab_size):
+        """DataError unless a model's tokenizer (spec, vocab_size, from source) is the one of these tokens."""
+        if spec != self.meta["tokenizer"] or vocab_size != self.meta["vocab_size"]:
+            theirs = f"{vocab_size}-id {tokenizer.spec_kind(spec)}"
+            ours = f"{self.meta['vocab_size']}-id {tokenizer.spec_kind(self.meta['tokenizer'])}"
+            raise DataError(
+                f"vocabulary mismatch: {source} uses a {theirs} tokenizer, but {self.directory} holds {ours} "
+                "tokens; prepare the data with the same tokenizer"
+            )
+
     def array(self, split):
         return np.memmap(self.files[split], dtype=self.dtype, mode="r")
 

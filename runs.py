@@ -44,6 +44,22 @@ def lock(out_dir):
     return handle  # the lock lasts while this object does
 
 
+def prepare(out_dir, iter_num, code):
+    """The out_dir made ready for a run starting at iter_num: created, locked (keep the returned lock), a
+    killed run's temporary files gone, the log restarted and code.diff written; UserError if it cannot be."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        held = lock(out_dir)
+        for leftover in ("ckpt.pt.tmp", "best.pt.tmp", "log.jsonl.tmp"):
+            if os.path.exists(os.path.join(out_dir, leftover)):
+                os.remove(os.path.join(out_dir, leftover))
+        restart_log(os.path.join(out_dir, "log.jsonl"), iter_num)
+        save_code_diff(out_dir, code)
+    except OSError as e:
+        raise UserError(f"cannot write to --out_dir={out_dir}: {e.strerror or e}")
+    return held
+
+
 # ----------------------------------------------------------------------------- the log
 
 

@@ -24,13 +24,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import runs
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import load_for_resume, model_from_checkpoint, save_checkpoint
 from configurator import configure, fail
 from data import TrainingData
 from device import DTYPES, choose, peak_flops, total_memory
 from fastdecode import compiler_cache_writable
+from hf import load_hf
 from model import BackendError, Llama, ModelConfig, pick_attention_backend
-from tokenizer import spec_kind
 
 # -----------------------------------------------------------------------------
 # data and output
@@ -105,10 +105,8 @@ config = configure(globals(), checks=checks)
 
 # distributed setup: torchrun sets RANK; nccl on CUDA, gloo on CPU so it also runs on a laptop
 ddp = "RANK" in os.environ
-rank, local_rank, world_size = (
-    int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1))
-)
-master = rank == 0
+rank, local_rank, world_size = (int(os.environ.get(k, 0)) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+world_size, master = max(1, world_size), rank == 0
 device, dtype = choose(device, dtype)
 if ddp and device.startswith("cuda"):
     device = f"cuda:{local_rank}"
@@ -116,34 +114,19 @@ if ddp and device.startswith("cuda"):
 device_type = device.split(":")[0]
 if init_from not in ("scratch", "resume", "auto") and not init_from.startswith("hf:"):
     fail(f"--init_from={init_from}: use scratch, resume, auto or hf:PATH")
-if (
-    gradient_accumulation_steps < world_size
-):  # the README's torchrun line on a 1-step preset: one step per rank
+if gradient_accumulation_steps < world_size:  # a 1-step preset under torchrun: one micro-step per rank
     if master:
-        print(
-            f"note: gradient_accumulation_steps={gradient_accumulation_steps} is below the {world_size} "
-            "ranks; "
-            f"using {world_size}, one micro-step per rank",
-            file=sys.stderr,
-        )
+        print(f"note: using {world_size} micro-steps, one per rank", file=sys.stderr)
     gradient_accumulation_steps = config["gradient_accumulation_steps"] = world_size
 if gradient_accumulation_steps % world_size:
-    fail(
-        f"gradient_accumulation_steps={gradient_accumulation_steps} must be divisible by the {world_size} "
-        "ranks"
-    )
+    fail(f"--gradient_accumulation_steps={gradient_accumulation_steps} must divide by the {world_size} ranks")
 if wandb_log:
     try:
         import wandb
     except ImportError:
         fail("--wandb_log=True needs the wandb package: pip install wandb (or leave --wandb_log off)")
 if compile and not compiler_cache_writable():
-    print(
-        "warning: torch.compile's cache directory is not writable: training eagerly (set "
-        "TORCHINDUCTOR_CACHE_DIR "
-        "to a writable directory to compile)",
-        file=sys.stderr,
-    )
+    print("warning: torch.compile's cache is not writable: training eagerly", file=sys.stderr)
     compile = config["compile"] = False
 accumulation = gradient_accumulation_steps // world_size
 tokens_per_iter = batch_size * block_size * gradient_accumulation_steps
@@ -152,110 +135,67 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=DTYPES[dtype])
 data = TrainingData(data_dir, block_size, device)  # checked before anything is written
-meta = data.meta
 
-# output directory: one run at a time, no run replaced by mistake, nothing left by a killed run
+# the out_dir: no run replaced by mistake
 ckpt_path, best_path, log_path = (os.path.join(out_dir, name) for name in ("ckpt.pt", "best.pt", "log.jsonl"))
 if init_from == "auto":
     init_from = "resume" if os.path.isfile(ckpt_path) else "scratch"
 if init_from != "resume" and os.path.isfile(ckpt_path) and not overwrite:
     fail(
-        f"{out_dir} already holds a checkpoint ({ckpt_path}); continue it with --init_from=resume, train "
-        "into "
-        "another --out_dir, or replace it with --overwrite=True"
+        f"{out_dir} already holds a checkpoint; continue it with --init_from=resume, train into another "
+        "--out_dir, or replace it with --overwrite=True"
     )
 if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     fail(f"--out_dir={out_dir} is a file: give a directory")
-
-
-def check_vocabulary(source, spec, vocab_size):
-    if spec != meta["tokenizer"] or vocab_size != meta["vocab_size"]:
-        ours, data_ids = (
-            f"{vocab_size}-id {spec_kind(spec)}",
-            f"{meta['vocab_size']}-id {spec_kind(meta['tokenizer'])}",
-        )
-        fail(
-            f"vocabulary mismatch: {source} uses a {ours} tokenizer, but {data_dir} holds {data_ids} tokens; "
-            "prepare the data with the same tokenizer"
-        )
-
 
 # model: from scratch, from out_dir/ckpt.pt, or from a Hugging Face directory
 iter_num, best_val_loss, elapsed_before, checkpoint = 0, float("inf"), 0.0, None
 code = runs.code_version()
 torch.manual_seed(seed)  # the same initial weights on every rank
-try:
-    if init_from == "resume":
-        checkpoint = load_checkpoint(ckpt_path, map_location=device, warn=False)
-        if "optimizer" not in checkpoint:
-            raise CheckpointError(
-                f"{ckpt_path} holds no optimizer state: it cannot be resumed "
-                "(start from its weights with a new out_dir instead)"
-            )
-        changed = runs.code_changed(checkpoint.get("code"))
-        if changed and not allow_code_change:
-            fail(
-                f"model.py changed since {ckpt_path} was written: {changed}; resume anyway with "
-                "--allow_code_change=True, or train into another --out_dir"
-            )
-        if changed and master:
-            print(f"warning: {ckpt_path}: {changed}", file=sys.stderr)
-        check_vocabulary(ckpt_path, checkpoint["tokenizer"], checkpoint["model_args"]["vocab_size"])
-        for key in SHAPE:  # a shape option set on the command line must agree with the checkpoint
-            if config[key] != shape_defaults[key] and config[key] != checkpoint["config"].get(
-                key, config[key]
-            ):
-                fail(
-                    f"--{key}={config[key]} conflicts with {ckpt_path}, whose model has {key}="
-                    f"{checkpoint['config'][key]!r}; drop the option to resume, or train into another "
-                    "--out_dir"
-                )
-        raw_model = model_from_checkpoint(checkpoint, dropout=dropout, attn_backend=attn_backend)
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        elapsed_before = checkpoint.get("elapsed", 0.0)
-    elif init_from.startswith("hf:"):
-        from hf import load_hf
-
-        hf_model, hf_tokenizer = load_hf(init_from[3:], flag="--init_from=hf:")
-        check_vocabulary(init_from[3:], hf_tokenizer, hf_model.config.vocab_size)
-        weights = {"model_args": asdict(hf_model.config), "model": hf_model.state_dict()}
-        raw_model = model_from_checkpoint(weights, dropout=dropout, attn_backend=attn_backend)
-        del hf_model
-    else:
-        shape = {key: config[key] for key in SHAPE} | {"max_seq_len": max_seq_len or block_size}
+if init_from == "resume":
+    given = {
+        key: config[key] for key in SHAPE if config[key] != shape_defaults[key]
+    }  # set on the command line
+    checkpoint = load_for_resume(ckpt_path, device, given, allow_code_change, warn=master)
+    data.check_vocabulary(ckpt_path, checkpoint["tokenizer"], checkpoint["model_args"]["vocab_size"])
+    raw_model = model_from_checkpoint(checkpoint, dropout=dropout, attn_backend=attn_backend)
+    iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    elapsed_before = checkpoint.get("elapsed", 0.0)
+elif init_from.startswith("hf:"):
+    hf_model, hf_tokenizer = load_hf(init_from[3:], flag="--init_from=hf:")
+    data.check_vocabulary(init_from[3:], hf_tokenizer, hf_model.config.vocab_size)
+    weights = {"model_args": asdict(hf_model.config), "model": hf_model.state_dict()}
+    raw_model = model_from_checkpoint(weights, dropout=dropout, attn_backend=attn_backend)
+else:
+    shape = {key: config[key] for key in SHAPE} | {"max_seq_len": max_seq_len or block_size}
+    try:
         raw_model = Llama(
-            ModelConfig(**shape, vocab_size=meta["vocab_size"], dropout=dropout, attn_backend=attn_backend)
+            ModelConfig(
+                **shape, vocab_size=data.meta["vocab_size"], dropout=dropout, attn_backend=attn_backend
+            )
         )
-        for name, p in raw_model.named_parameters() if zero_init else []:
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                torch.nn.init.zeros_(p)
-    model_config = raw_model.config
-    if block_size > model_config.max_seq_len:
-        fail(
-            f"block_size={block_size} is larger than the model's context "
-            f"max_seq_len={model_config.max_seq_len}"
-        )
-    # about what a micro-batch's activations take for the backward: ~10 numbers per token, layer and dim, and
-    # 4
-    # per hidden unit; refused when that alone is more than the device has, rather than dying in the allocator
-    need = (
-        batch_size
-        * block_size
-        * model_config.n_layers
-        * (10 * model_config.dim + 4 * model_config.hidden_dim)
+    except ValueError as e:  # a shape the model cannot take
+        fail(str(e))
+    for name, p in raw_model.named_parameters() if zero_init else []:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            torch.nn.init.zeros_(p)
+model_config = raw_model.config
+if block_size > model_config.max_seq_len:
+    fail(f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}")
+# what a micro-batch's activations take for the backward, about: 10 numbers per token, layer and dim, and 4
+# per hidden unit. Refused when that alone is more than the device has, rather than dying in the allocator.
+need = batch_size * block_size * model_config.n_layers * (10 * model_config.dim + 4 * model_config.hidden_dim)
+need *= DTYPES[dtype].itemsize
+if need > (total_memory(device) or float("inf")):
+    fail(
+        f"--batch_size={batch_size} of {block_size} tokens needs about {need / 2**30:,.0f} GiB of "
+        "activations, more than this device has: use a smaller --batch_size and a larger "
+        "--gradient_accumulation_steps (the tokens per step stay the same)"
     )
-    need *= DTYPES[dtype].itemsize
-    if need > (total_memory(device) or float("inf")):
-        fail(
-            f"--batch_size={batch_size} of {block_size} tokens needs about {need / 2**30:,.0f} GiB of "
-            "activations, "
-            f"more than the {total_memory(device) / 2**30:,.0f} GiB here: use a smaller --batch_size and a "
-            "larger "
-            "--gradient_accumulation_steps (the tokens per step stay the same)"
-        )
-    raw_model.to(device)
-    pick_attention_backend(model_config, device, DTYPES[dtype])  # chosen and logged once, before compiling
-except (ValueError, BackendError) as e:  # a shape the model cannot take, an attention kernel that cannot run
+raw_model.to(device)
+try:  # chosen and logged once, here: the compiled graph then holds the chosen kernel
+    pick_attention_backend(model_config, device, DTYPES[dtype])
+except BackendError as e:
     fail(str(e))
 
 
@@ -264,11 +204,8 @@ def make_optimizers(model):
     group's lr is the schedule's lr times the group's lr_scale."""
     matrices = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("layers.")]
     embedding = model.embed_tokens.weight
-    others = [
-        p
-        for p in model.parameters()
-        if p is not embedding and (optimizer == "adamw" or all(p is not m for m in matrices))
-    ]
+    others = [p for p in model.parameters() if p is not embedding and all(p is not m for m in matrices)]
+    others = [p for p in model.parameters() if p is not embedding] if optimizer == "adamw" else others
     adamw_groups = [
         {"params": [embedding], "weight_decay": weight_decay, "lr_scale": embedding_lr_scale},
         {"params": [p for p in others if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
@@ -282,29 +219,22 @@ def make_optimizers(model):
     muon = torch.optim.Muon(
         [{"params": matrices, "lr_scale": 1.0}],
         lr=learning_rate,
-        weight_decay=weight_decay,
         momentum=muon_momentum,
+        weight_decay=weight_decay,
         adjust_lr_fn="match_rms_adamw",
     )
     return [adamw, muon]
 
 
 def get_lr(it):
-    if lr_schedule == "onecycle":  # cosine up from lr/25 over warmup_iters, then cosine down to min_lr
-        if it < warmup_iters:
-            return (
-                learning_rate / 25
-                + (learning_rate - learning_rate / 25) * (1 - math.cos(math.pi * it / warmup_iters)) / 2
-            )
-    elif it < warmup_iters:
+    if lr_schedule == "onecycle" and it < warmup_iters:  # cosine up from lr/25, then cosine down to min_lr
+        return learning_rate / 25 + learning_rate * 24 / 25 * (1 - math.cos(math.pi * it / warmup_iters)) / 2
+    if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if lr_schedule == "wsd":  # stable at learning_rate, then a linear decay over the last decay_fraction
         decay_start = max_iters * (1 - decay_fraction)
-        if it < decay_start:
-            return learning_rate
-        return learning_rate + (min_lr - learning_rate) * min(
-            1.0, (it - decay_start) / max(1.0, max_iters - decay_start)
-        )
+        progress = max(0.0, it - decay_start) / max(1.0, max_iters - decay_start)
+        return learning_rate + (min_lr - learning_rate) * min(1.0, progress)
     if it >= lr_decay_iters:
         return min_lr
     progress = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
@@ -321,19 +251,14 @@ def muon_momentum_at(it):
 optimizers = make_optimizers(raw_model)
 scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
 if checkpoint is not None:
-    states = checkpoint["optimizer"]
     try:  # another optimizer, or other parameter groups
-        if not isinstance(states, list) or len(states) != len(optimizers):
-            raise ValueError("another number of optimizers")
-        for opt, state in zip(optimizers, states):
+        for opt, state in zip(optimizers, checkpoint["optimizer"], strict=True):
             opt.load_state_dict(state)
     except (ValueError, KeyError) as e:
         fail(
-            f"{ckpt_path}'s optimizer state does not fit this run's optimizer ({e}); resume with the recipe "
-            "it "
-            f"was trained with (its config: optimizer={checkpoint['config'].get('optimizer', 'adamw')!r}), "
-            "or "
-            "export it (export.py) and start from its weights with --init_from=hf:DIR"
+            f"{ckpt_path}'s optimizer state does not fit this run's optimizer ({e}); resume with its recipe "
+            f"(optimizer={checkpoint['config'].get('optimizer')!r}), or start from its weights: export it "
+            "(export.py) and use --init_from=hf:DIR"
         )
     scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint["rng"][rank] if rank < len(checkpoint["rng"]) else None
@@ -344,36 +269,21 @@ if checkpoint is not None:
     del checkpoint
 else:
     torch.manual_seed(seed + rank)  # dropout masks differ between ranks
-if master:  # the out_dir is changed only from here on, and only by the run that holds its lock
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        out_dir_lock = runs.lock(out_dir)
-        for leftover in ("ckpt.pt.tmp", "best.pt.tmp", "log.jsonl.tmp"):
-            if os.path.exists(os.path.join(out_dir, leftover)):
-                os.remove(os.path.join(out_dir, leftover))
-        runs.restart_log(log_path, iter_num)
-        runs.save_code_diff(out_dir, code)
-    except OSError as e:
-        fail(f"cannot write to --out_dir={out_dir}: {e.strerror or e}")
+out_dir_lock = runs.prepare(out_dir, iter_num, code) if master else None  # held until the run ends
 if ddp:
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     if device_type == "cpu":  # share the cores instead of oversubscribing them
-        torch.set_num_threads(
-            max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
-        )
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
 compiled = torch.compile(raw_model) if compile else raw_model
 model = DDP(compiled, device_ids=[local_rank] if device_type == "cuda" else None) if ddp else compiled
 
 
 def train_batch(it, step):
-    """This rank's micro-batch `step` of iteration `it`: keyed by its global micro-batch index, so it is the
-    same on any number of ranks, and on resume."""
-    index = it * gradient_accumulation_steps + rank * accumulation + step
-    rng = np.random.default_rng([seed, index])
+    """This rank's micro-batch `step` of iteration `it`, keyed by its global micro-batch index: the same on
+    any number of ranks, and on resume."""
+    rng = np.random.default_rng([seed, it * gradient_accumulation_steps + rank * accumulation + step])
     if story_aligned:
-        return data.windows(
-            "train", data.story_starts[rng.integers(0, len(data.story_starts), size=batch_size)]
-        )
+        return data.windows("train", data.story_starts[rng.integers(0, len(data.story_starts), batch_size)])
     return data.windows("train", rng.integers(0, data.tokens["train"] - block_size, size=batch_size))
 
 
@@ -383,8 +293,7 @@ val_starts = np.linspace(0, data.tokens["val"] - block_size - 1, eval_iters * ba
 
 @torch.no_grad()
 def evaluate():
-    """Mean loss over the fixed validation windows; bits per byte = loss / ln 2 / (bytes per token of
-    val.bin)."""
+    """Mean loss over the fixed validation windows; bits per byte = loss / ln 2 / val.bin's bytes a token."""
     compiled.eval()
     total = torch.zeros(2, device=device, dtype=torch.float64)  # sum of window losses, windows
     mine = val_starts[rank::world_size]
@@ -392,26 +301,19 @@ def evaluate():
         x, y = data.windows("val", mine[i : i + batch_size])
         with autocast:
             loss = compiled(x, y)
-        total += torch.stack(
-            [loss.double() * len(x), torch.tensor(len(x), device=device, dtype=torch.float64)]
-        )
+        total += torch.stack([loss.double() * len(x), torch.tensor(float(len(x)), device=device).double()])
     if ddp:
         dist.all_reduce(total)
     compiled.train()
     val_loss = (total[0] / total[1]).item()
-    return {
-        "val_loss": val_loss,
-        "val_ppl": math.exp(val_loss),
-        "val_bpb": val_loss / math.log(2) / data.bytes_per_token,
-    }
+    bpb = val_loss / math.log(2) / data.bytes_per_token
+    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_bpb": bpb}
 
 
 def rng_states():
     """Every rank's RNG state (dropout), so a resumed run continues each rank's stream exactly."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device_type == "cuda" else None,
-    }
+    state = {"torch": torch.get_rng_state()}
+    state["cuda"] = torch.cuda.get_rng_state(device) if device_type == "cuda" else None
     if not ddp:
         return [state]
     states = [None] * world_size
@@ -424,29 +326,14 @@ def write_checkpoint(metrics, improved):
     states = rng_states()  # a collective: every rank takes part
     if not master:
         return
-    common = {
-        "model_args": asdict(model_config),
-        "model": raw_model.state_dict(),
-        "tokenizer": meta["tokenizer"],
-        "iter_num": iter_num,
-        "config": config,
-        "code": code,
-        **metrics,
-    }
+    common = {"model_args": asdict(model_config), "model": raw_model.state_dict(), "iter_num": iter_num}
+    common |= {"tokenizer": data.meta["tokenizer"], "config": config, "code": code, **metrics}
+    full = {"optimizer": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict()}
+    full |= {"best_val_loss": best_val_loss, "rng": states, "elapsed": elapsed()}
     try:
         if improved:
             save_checkpoint(common, best_path)
-        save_checkpoint(
-            {
-                **common,
-                "optimizer": [opt.state_dict() for opt in optimizers],
-                "scaler": scaler.state_dict(),
-                "best_val_loss": best_val_loss,
-                "rng": states,
-                "elapsed": elapsed(),
-            },
-            ckpt_path,
-        )
+        save_checkpoint({**common, **full}, ckpt_path)
     except OSError as e:
         fail(f"cannot write a checkpoint to {out_dir}: {e.strerror or e}; the previous checkpoint is kept")
 
@@ -462,6 +349,11 @@ def log(record):
         runs.append_log(log_path, record)
         if wandb_log:
             wandb.log(record, step=iter_num)
+
+
+def elapsed():
+    """Seconds of this run's wall time, a resumed run's earlier time included."""
+    return elapsed_before + time.perf_counter() - started
 
 
 # SIGTERM / SIGINT: finish the current log window, save, exit 0 (preemptible clusters)
@@ -481,20 +373,12 @@ if master:
         wandb.init(project=wandb_project, config=config)
     print(
         f"{raw_model.num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens per iteration "
-        f"({world_size} ranks x {accumulation} micro-steps x {batch_size} x {block_size}), "
-        f"{device} {dtype}, {optimizer}, compile={compile}"
-        + (f", resuming at iteration {iter_num}" if iter_num else "")
+        f"({world_size} ranks x {accumulation} micro-steps x {batch_size} x {block_size}), {device} {dtype}, "
+        f"{optimizer}, compile={compile}" + (f", resuming at iteration {iter_num}" if iter_num else "")
     )
 
-t0, timed_iters = time.perf_counter(), 0  # for ms/iter, leaving out evals and checkpoints
-started = time.perf_counter()
-
-
-def elapsed():
-    """Seconds of this run's wall time, a resumed run's earlier time included."""
-    return elapsed_before + time.perf_counter() - started
-
-
+started = t0 = time.perf_counter()  # t0, timed_iters: for ms/iter, leaving out evals and checkpoints
+timed_iters = 0
 window_loss = torch.zeros((), device=device)  # summed on the device between log lines: no host sync per step
 peak = peak_flops(device)
 
@@ -558,8 +442,7 @@ while True:
         if master:  # one line, not one per rank
             print(
                 f"error: the loss became non-finite by iteration {iter_num}; stopping, and keeping the last "
-                "good "
-                f"checkpoint {ckpt_path}. Try a lower --learning_rate, --grad_clip, or bfloat16/float32",
+                f"good checkpoint {ckpt_path}. Try a lower --learning_rate, --grad_clip, or bfloat16/float32",
                 file=sys.stderr,
             )
         sys.exit(1)
@@ -582,15 +465,15 @@ while True:
         write_checkpoint({}, False)
         if master:
             print(
-                f"stopped by signal after iteration {iter_num}; saved {ckpt_path}. Continue with "
+                f"stopped by signal after iteration {iter_num}; saved {ckpt_path}: continue it with "
                 "--init_from=resume"
             )
         break
 
 if ddp:
-    # DDP's reducer holds the gloo process group: left alive, it is destroyed during interpreter shutdown
-    # with its threads still joinable, and std::terminate aborts the rank ("terminate called without an
-    # active exception", exit 1 after a good run). Free it, then tear the group down while Python is alive.
+    # DDP's reducer holds the gloo process group: left alive, it is destroyed during interpreter shutdown with
+    # its threads still joinable, and std::terminate aborts the rank ("terminate called without an active
+    # exception", exit 1 after a good run). Free it, then tear the group down while Python is alive.
     del model
     gc.collect()
     dist.barrier()

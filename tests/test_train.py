@@ -411,7 +411,7 @@ BAD_INPUT = [
         "accumulation not divisible",
         lambda d, f, t, m: (m.setenv("RANK", "0"), m.setenv("WORLD_SIZE", "2")),
         ["--gradient_accumulation_steps=3"],
-        "divisible by the 2 ranks",
+        "must divide by the 2 ranks",
     ),
     ("zero batch", None, ["--batch_size=0"], "--batch_size=0 must be at least 1"),
     ("zero eval_iters", None, ["--eval_iters=0"], "--eval_iters=0"),
@@ -677,7 +677,7 @@ def test_an_unwritable_compiler_cache_trains_eagerly_with_a_warning(data_dir, tm
         subprocess.run(["chattr", "-i", str(tmp_path / "cache")])
     assert result.returncode == 0, result.stderr
     assert (
-        "cache directory is not writable: training eagerly" in result.stderr
+        "cache is not writable: training eagerly" in result.stderr
         and "compile=False" in result.stdout
     )
 
