@@ -141,21 +141,19 @@ class Service:
         threading.Thread(target=self.run, daemon=True).start()
 
     def defaults(self):
-        return {
-            **{k: SAMPLING[k] for k in SETTINGS[:4]},
-            "max_tokens": min(SAMPLING["max_new_tokens"], self.max_tokens_limit),
-        }
+        max_tokens = min(SAMPLING["max_new_tokens"], self.max_tokens_limit)
+        return {**{k: SAMPLING[k] for k in SETTINGS[:4]}, "max_tokens": max_tokens}
 
     def health(self):
+        server = ("device", "dtype", "quantize")
+        model = {k: v for k, v in self.facts.items() if k not in (*server, "spec")}
         limits = {"max_requests": self.max_requests, "max_tokens_limit": self.max_tokens_limit}
         return {
             "status": "ok",
-            "model": {
-                k: v for k, v in self.facts.items() if k not in ("device", "dtype", "quantize", "spec")
-            },
-            **{k: self.facts[k] for k in ("device", "dtype", "quantize")},
-            "requests_in_flight": self.in_flight,
+            "model": model,
+            **{k: self.facts[k] for k in server},
             **limits,
+            "requests_in_flight": self.in_flight,
             "scheduling": "queued and interleaved one token at a time",
             "defaults": self.defaults(),
         }
@@ -170,32 +168,22 @@ class Service:
                 if value is not None and value != OPENAI_NEUTRAL[name]:
                     only = f"{name}={json.dumps(OPENAI_NEUTRAL[name])}"
                     raise ApiError(
-                        400,
-                        f"{name}={json.dumps(value)[:40]} is not supported: this server takes only {only}",
-                        name,
+                        400, f"{name}={json.dumps(value)[:40]} is not supported: only {only}", name
                     )
             elif name not in fields:
                 raise ApiError(400, f"unknown field {name!r}; supported: {', '.join(fields)}", name)
         defaults = {**self.defaults(), "seed": random.randrange(2**31)}  # unseeded: a new story each time
-        settings = {
-            name: read_field(body, name, type(default), default) for name, default in defaults.items()
-        }
+        settings = {name: read_field(body, name, type(value), value) for name, value in defaults.items()}
         limit = f"[1, {self.max_tokens_limit}]"  # this server's --max_tokens_limit
         for name, value in settings.items():
             problem = check_value(value, limit if name == "max_tokens" else SAMPLING_CHECKS[name])
             if problem:
-                raise ApiError(
-                    400,
-                    f"{name}={value}{problem}" + (" (--max_tokens_limit)" if name == "max_tokens" else ""),
-                    name,
-                )
+                limit_note = " (--max_tokens_limit)" if name == "max_tokens" else ""
+                raise ApiError(400, f"{name}={value}{problem}{limit_note}", name)
         stop = body.get("stop") or []
         settings["stop"] = [stop] if isinstance(stop, str) else stop
-        if not (
-            isinstance(settings["stop"], list)
-            and len(settings["stop"]) <= 4
-            and all(isinstance(s, str) and s for s in settings["stop"])
-        ):
+        stops = settings["stop"]
+        if not (isinstance(stops, list) and len(stops) <= 4 and all(isinstance(s, str) and s for s in stops)):
             raise ApiError(400, "stop must be a string or a list of at most 4 strings, none empty", "stop")
         prompt = read_field(body, "prompt", str, "")
         prompt_ids, warning = encode_prompt(self.enc, prompt, self.model.config.max_seq_len)  # as sample.py
@@ -425,13 +413,8 @@ class Handler(BaseHTTPRequestHandler):
         def send(kind, value):
             if not self.started:
                 self.start_stream()
-            self.send_chunk(
-                sse({"error": value}, "error")
-                if kind == "error"
-                else sse(value, "done")
-                if kind == "done"
-                else sse({"text": value})
-            )
+            events = {"error": sse({"error": value}, "error"), "done": sse(value, "done")}
+            self.send_chunk(events.get(kind) or sse({"text": value}))
             if kind != "text":
                 self.send_chunk(b"")
 
@@ -450,29 +433,23 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "stream_options takes only include_usage (true or false)", "stream_options")
         read_field(body, "model", str, "")  # any name: this server has one model
         read_field(body, "user", str, "")
-        base = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.service.facts["id"],
-        }
+        base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
+        base["model"] = self.service.facts["id"]
 
         def completion(text, figures=None):
             """The response, or a streamed piece of it; figures (the job's final event) end it."""
             finish = OPENAI_FINISH[figures["finish_reason"]] if figures else None
             warning = {"warning": figures["warning"]} if figures and "warning" in figures else {}
-            return {
-                **base,
-                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
-                **warning,
-            }
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+            return {**base, "choices": [choice], **warning}
 
         def usage(figures):
+            prompt_tokens, tokens = figures["prompt_tokens"], figures["tokens"]
             return {
                 "usage": {
-                    "prompt_tokens": figures["prompt_tokens"],
-                    "completion_tokens": figures["tokens"],
-                    "total_tokens": figures["prompt_tokens"] + figures["tokens"],
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": tokens,
+                    "total_tokens": prompt_tokens + tokens,
                 }
             }
 
@@ -507,9 +484,7 @@ class Handler(BaseHTTPRequestHandler):
 
 # ----------------------------------------------------------------------------- start
 
-model, enc, facts, step = load_for_decoding(
-    out_dir, ckpt, hf_dir, device, dtype, quantize, compile, batch_size=1
-)
+model, enc, facts, step = load_for_decoding(out_dir, ckpt, hf_dir, device, dtype, quantize, compile)
 facts = {"id": os.path.basename(os.path.normpath(hf_dir or out_dir)), **facts, "quantize": quantize}
 try:
     server = Server((host, port), Service(model, enc, step, facts, max_tokens_limit, max_requests))
