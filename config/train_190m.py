@@ -1,23 +1,16 @@
-# The seeds' 190M Test-1-4000 shape: dim 768, 12 layers, 12 heads, hidden 3072, context 2048, untied,
-# GPT-2's 50257-id vocabulary: 190.46M parameters. AdamW betas 0.9/0.95, lr 5e-4 OneCycle, wd 0.01,
-# 262,144 tokens per step (16 x 2048 x 8). On 8 GPUs: torchrun --standalone --nproc_per_node=8 train.py config/train_190m.py
+# The default recipe at the 190M shape of Test-1-4000: dim 768, 12 layers, 12 heads, hidden 3072, context
+# 2048, untied embeddings (190.46M parameters with GPT-2's 50257 ids). Muon for the blocks' matrices, AdamW
+# for the rest, warmup-stable-decay, the lr scaled down with width. The same shape, tokens a step and steps as
+# config/train_test1_190m.py, which keeps its source's recipe.
 out_dir = "out/190m"
 dim = 768
 n_layers = 12
 n_heads = 12
 hidden_dim = 3072
-tie_embeddings = False
 block_size = 2048
 batch_size = 16
-gradient_accumulation_steps = 8
-optimizer = "adamw"  # the seeds' recipe
-lr_schedule = "onecycle"
-embedding_lr_scale = 1.0
-learning_rate = 5e-4
-warmup_iters = 1200
-min_lr = 5e-6
-beta1 = 0.9
-beta2 = 0.95
-weight_decay = 0.01
+gradient_accumulation_steps = 8  # 262,144 tokens a step
+learning_rate = 5e-3
+warmup_iters = 400
 max_iters = 4000
 eval_interval = 500

@@ -1,6 +1,6 @@
 # The recipe train.py used before Muon became its default, llama2.c's: AdamW at lr 5e-4, weight decay 0.1,
-# betas 0.9/0.95, linear warmup then cosine to 5e-5, tied embeddings.
-# For comparisons: python train.py config/train_baseline_adamw.py --learning_rate=... (bench.py --what=recipe)
+# betas 0.9/0.95, linear warmup then cosine to 5e-5, tied embeddings. For comparisons: python train.py
+# config/train_baseline_adamw.py --learning_rate=... (bench.py --what=recipe)
 optimizer = "adamw"
 lr_schedule = "cosine"
 learning_rate = 5e-4

@@ -1,5 +1,5 @@
-# llama2.c's 110M shape (stories110M): dim 768, 12 layers, 12 heads, context 1024, tied embeddings.
-# 109.5M parameters with llama2.c's 32000-id vocabulary; 123.6M with GPT-2's 50257.
+# llama2.c's 110M shape (stories110M): dim 768, 12 layers, 12 heads, context 1024, tied embeddings. 109.5M
+# parameters with llama2.c's 32000-id vocabulary; 123.6M with GPT-2's 50257.
 out_dir = "out/llama2c_110m"
 dim = 768
 n_layers = 12

@@ -1,5 +1,5 @@
-# llama2.c's 15M shape (stories15M): dim 288, 6 layers, 6 heads, context 256, tied embeddings.
-# 15.19M parameters with llama2.c's 32000-id vocabulary; 20.45M with GPT-2's 50257; 7.16M with 4096 ids.
+# llama2.c's 15M shape (stories15M): dim 288, 6 layers, 6 heads, context 256, tied embeddings. 15.19M
+# parameters with llama2.c's 32000-id vocabulary; 20.45M with GPT-2's 50257; 7.16M with 4096 ids.
 out_dir = "out/llama2c_15m"
 dim = 288
 n_layers = 6

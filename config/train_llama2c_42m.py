@@ -1,5 +1,5 @@
-# llama2.c's 42M shape (stories42M): dim 512, 8 layers, 8 heads, context 1024, tied embeddings.
-# 41.7M parameters with llama2.c's 32000-id vocabulary; 51.0M with GPT-2's 50257.
+# llama2.c's 42M shape (stories42M): dim 512, 8 layers, 8 heads, context 1024, tied embeddings. 41.7M
+# parameters with llama2.c's 32000-id vocabulary; 51.0M with GPT-2's 50257.
 out_dir = "out/llama2c_42m"
 dim = 512
 n_layers = 8

@@ -246,7 +246,7 @@ def count(**shape):
 
 
 def test_preset_parameter_counts():
-    # the seeds' 190M Test-1-3000/4000 shape
+    # Test-1-4000's 190M shape
     assert (
         190.4e6
         <= count(dim=768, n_layers=12, n_heads=12, hidden_dim=3072, vocab_size=50257, max_seq_len=2048)
