@@ -69,7 +69,7 @@ def top_p_filter(logits, p):
     """Keeps the smallest set of most likely tokens whose probabilities reach p (nucleus sampling).
 
     The nucleus is looked for among the top 64 tokens first, then 8 times as many, until it ends inside them:
-    sorting the whole vocabulary every token cost more than the model's own step (2.8 ms at 32K ids).
+    sorting the whole vocabulary every token cost more than the model's own step.
     """
     if p >= 1.0:
         return logits
@@ -94,8 +94,8 @@ def sample_token(logits, seen, generators, temperature, top_k, top_p, repetition
     if temperature < GREEDY_BELOW:
         return logits.argmax(-1, keepdim=True)
     logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
-    # inverse-CDF draw: one uniform per row (torch.multinomial draws one exponential per vocabulary
-    # entry, 0.7 ms a token for 32K ids on CPU); right=True never lands on a zero-probability token
+    # inverse-CDF draw: one uniform per row (torch.multinomial draws one exponential per vocabulary entry,
+    # as costly as a decode step for 32K ids on CPU); right=True never lands on a zero-probability token
     cdf = logits.softmax(-1).cumsum(-1)
     u = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)

@@ -169,7 +169,7 @@ def causal_attention(q, k, v, backend="auto"):
     key = (backend, q.device.type, q.dtype)
     if key not in _chosen:
         # imports and probes run once, eagerly, outside any graph torch.compile is tracing (wrapping the
-        # function at import time instead would import torch._dynamo, 1.6 s, in every script)
+        # function at import time instead would import torch._dynamo in every script, a second or more)
         choose = torch.compiler.disable(_choose_backend) if torch.compiler.is_compiling() else _choose_backend
         _chosen[key] = choose(key[0], q, k, v)
     return ATTENTION_BACKENDS[_chosen[key]](q, k, v)
