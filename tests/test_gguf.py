@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import assert_clean_error, make_stories, run_in_process, run_script, write_txt
 
+import runs as runs_module
 import tokenizer
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from model import Llama, ModelConfig
@@ -383,3 +384,14 @@ def test_without_the_gguf_package_one_line_says_how_to_install_it(random_run, tm
 def test_export_needs_a_target_and_a_known_type(random_run):
     assert_clean_error(export_error(random_run / "out"), "--hf_dir", "--gguf")
     assert_clean_error(export_error(random_run / "out", "--gguf=m.gguf", "--gguf_type=q4_0"), "f16")
+
+
+@pytest.mark.slow
+def test_the_file_records_the_code_that_trained_the_checkpoint(runs):
+    reader = gguf.GGUFReader(str(runs["bpe"]["out_dir"].parent / "bpe.f32.gguf"))
+    fields = {
+        name: field.contents() for name, field in reader.fields.items() if name.startswith("tinyllama.code.")
+    }
+    code = runs["bpe"]["checkpoint"]["code"]
+    assert fields == {f"tinyllama.code.{key}": str(value) for key, value in code.items()}
+    assert fields["tinyllama.code.model_py"] == runs_module.model_hash()
