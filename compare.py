@@ -31,7 +31,7 @@ def run_dirs(patterns):
     found = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        found += [m for m in matches if m not in found]
+        found += [m for m in matches if os.path.realpath(m) not in map(os.path.realpath, found)]
     if len(found) < 1:
         raise UserError("name the runs to compare: python compare.py out/a out/b (out_dirs or globs of them)")
     for path in found:
@@ -125,6 +125,7 @@ def verdict(a, b):
     return f"{text}, Welch's t = {t:.2f}, p = {p:.2f}: not significant, within the seeds' spread"
 
 
+runs.check_output(output, b"<svg", "--output")
 found = [read_run(path) for path in run_dirs(patterns)]
 configs = [r["config"] for r in found]
 differ = sorted(

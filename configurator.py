@@ -164,7 +164,8 @@ def describe(check):
 def run_config_file(path):
     """The globals a config file assigns; any mistake in it ends the run with one line naming the file."""
     if not os.path.isfile(path):
-        fail(f"config file '{path}' not found (options are written --key=value)")
+        what = "is not a file" if os.path.exists(path) else "not found"
+        fail(f"config file '{path}' {what} (options are written --key=value)")
     assigned = {}
     try:
         with open(path, encoding="utf-8") as f:

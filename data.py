@@ -35,7 +35,8 @@ def expand_inputs(spec):
     """The files a comma-separated list of paths or globs names, checked before any work starts."""
     files = []
     for pattern in filter(None, (p.strip() for p in spec.split(","))):
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        literal = not glob.has_magic(pattern) or os.path.lexists(pattern)  # a name with [ ] that exists
+        matches = [pattern] if literal else sorted(glob.glob(pattern))
         if not matches:
             raise DataError(f"no file matches '{pattern}'")
         files += matches
@@ -43,7 +44,8 @@ def expand_inputs(spec):
         if os.path.isdir(path):
             raise DataError(f"input '{path}' is a directory: name its files, e.g. --input='{path}/*.txt'")
         if not os.path.isfile(path):
-            raise DataError(f"input file '{path}' not found")
+            what = "is not a regular file" if os.path.exists(path) else "not found"
+            raise DataError(f"input file '{path}' {what}")
         if not path.endswith(EXTENSIONS):
             raise DataError(f"'{path}' has an unsupported extension: use {', '.join(EXTENSIONS)}")
     return files

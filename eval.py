@@ -29,8 +29,9 @@ import time
 import torch
 
 import data
+import runs
 import tokenizer
-from configurator import SAMPLING, SAMPLING_CHECKS, UserError, configure, fail
+from configurator import SAMPLING, SAMPLING_CHECKS, configure, fail
 from device import DTYPES, choose
 from fastdecode import QUANTIZE, load_for_decoding
 from generate import GREEDY_BELOW, encode_prompt, stream
@@ -306,12 +307,10 @@ if data_dir and input:
 for files in (input, train_input, reference):
     if files:
         data.expand_inputs(files)
-if output and os.path.isdir(output):
-    fail(f"--output={output} is a directory: name a .json file")
-try:
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-except OSError as e:
-    fail(f"cannot create the directory of --output={output}: {e.strerror}")
+if output:
+    runs.check_output(output, b"{", "--output")  # a new file, or an earlier eval.py output
+if reference and not data.read_stories(reference, 1):
+    fail(f"--reference={reference} holds no stories")
 torch.manual_seed(seed)
 lm, facts = load_model()
 stories, n_bytes, text = text_to_score(lm, facts)
@@ -372,15 +371,5 @@ result = {
 }
 print_report(result)
 if output:
-    try:
-        with open(
-            output + ".tmp", "w", encoding="utf-8"
-        ) as f:  # then renamed: a reader never sees half a file
-            json.dump(result, f, indent=1, ensure_ascii=False)
-        os.replace(output + ".tmp", output)
-    except OSError as e:
-        raise UserError(f"cannot write --output={output}: {e.strerror}")
-    finally:
-        if os.path.exists(output + ".tmp"):
-            os.remove(output + ".tmp")
+    runs.write_atomically(output, json.dumps(result, indent=1, ensure_ascii=False))
     print(f"wrote {output}", file=sys.stderr)

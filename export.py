@@ -31,6 +31,8 @@ configure(globals(), checks={"gguf_type": tuple(GGUF_TYPES)})
 
 if not hf_dir and not gguf:
     fail("give --hf_dir=DIR (Hugging Face transformers), --gguf=FILE (llama.cpp) or both")
+if hf_dir and gguf and os.path.abspath(hf_dir) == os.path.abspath(gguf):
+    fail(f"--hf_dir and --gguf name the same path ({gguf}): the directory and the file need their own")
 path = checkpoint_path(out_dir, ckpt)
 target = gguf or hf_dir  # named by a write that fails
 try:

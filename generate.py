@@ -81,7 +81,9 @@ def top_p_filter(logits, p):
         if k >= vocab or bool((before[:, -1] >= p).all()):  # each row's nucleus ends inside its top k
             break
         k *= 8
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, before < p)
+    nucleus = before < p
+    nucleus[:, 0] = True  # the most likely token always: a p too small for float32 would otherwise keep none
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, nucleus)
     return logits.masked_fill(~keep, float("-inf"))
 
 

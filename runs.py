@@ -47,6 +47,11 @@ def lock(out_dir):
 def prepare(out_dir, iter_num, code):
     """The out_dir made ready for a run starting at iter_num: created, locked (keep the returned lock), a
     killed run's temporary files gone, the log restarted and code.diff written; UserError if it cannot be."""
+    for name in ("ckpt.pt", "best.pt", "log.jsonl", "loss.svg", "code.diff", "lock"):
+        if os.path.lexists(os.path.join(out_dir, name)) and not os.path.isfile(os.path.join(out_dir, name)):
+            raise UserError(
+                f"{os.path.join(out_dir, name)} is not a file: move it away, or use another --out_dir"
+            )
     try:
         os.makedirs(out_dir, exist_ok=True)
         held = lock(out_dir)
@@ -58,6 +63,37 @@ def prepare(out_dir, iter_num, code):
     except OSError as e:
         raise UserError(f"cannot write to --out_dir={out_dir}: {e.strerror or e}")
     return held
+
+
+def check_output(path, begins, flag):
+    """UserError unless path can take a new output of ours: a new file, or a regular file beginning with
+    `begins` (an earlier one of this kind). A checkpoint, a log, a dataset or a device is never replaced."""
+    if not path or os.path.isdir(path):
+        raise UserError(f"{flag}={path} is {'a directory' if path else 'empty'}: name a file")
+    if os.path.lexists(path):
+        ours = False
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                ours = f.read(len(begins)) == begins
+        if not ours:
+            raise UserError(f"{flag}={path} exists and is not an earlier output of this kind: it is kept")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the directory of {flag}={path}: {e.strerror}")
+
+
+def write_atomically(path, text):
+    """Temporary file, then rename: a reader never sees half a file, and a failed write leaves the old one."""
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}")
+    finally:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
 
 
 # ----------------------------------------------------------------------------- the log
@@ -89,9 +125,7 @@ def restart_log(path, iter_num):
 
 
 def write_lines(path, records):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_log(path, record):
@@ -222,6 +256,4 @@ def draw(runs, path):
     for i, (label, _) in enumerate(runs):  # the legend, four runs a row
         x, y = pad + 200 * (i % 4), 372 + 14 * (i // 4)
         parts.append(f'<text x="{x}" y="{y}" fill="{COLORS[i % len(COLORS)]}">{html.escape(label)}</text>')
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("".join(parts) + "</svg>\n")
-    os.replace(path + ".tmp", path)
+    write_atomically(path, "".join(parts) + "</svg>\n")

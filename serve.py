@@ -302,7 +302,7 @@ class Handler(BaseHTTPRequestHandler):
             routes[path][1]()
         except ApiError as e:
             self.send_error_json(e, path.startswith("/v1/"))
-        except ConnectionError:  # the client reset or closed the connection: nobody to answer
+        except (ConnectionError, TimeoutError):  # the client reset or stalled: nobody to answer
             self.close_connection = True
         except Exception as e:  # a bug answers 500 and leaves the server up
             traceback.print_exc()

@@ -135,6 +135,11 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=DTYPES[dtype])
 data = TrainingData(data_dir, block_size, device)  # checked before anything is written
+if eval_iters * batch_size > data.tokens["val"]:
+    fail(
+        f"--eval_iters={eval_iters} x --batch_size={batch_size} windows are more than val.bin's "
+        f"{data.tokens['val']:,} tokens: use a smaller --eval_iters"
+    )
 
 # the out_dir: no run replaced by mistake
 ckpt_path, best_path, log_path = (os.path.join(out_dir, name) for name in ("ckpt.pt", "best.pt", "log.jsonl"))
@@ -361,7 +366,11 @@ stop_signal = False
 
 
 def request_stop(signum, frame):
+    """The first signal asks for a checkpoint at the next log line; a second one stops at once (the last
+    checkpoint stays as it was)."""
     global stop_signal
+    if stop_signal:
+        raise KeyboardInterrupt
     stop_signal = True
 
 

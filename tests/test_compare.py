@@ -97,6 +97,33 @@ def test_the_plot_has_one_line_per_run_and_curve_and_labelled_axes(tmp_path):
     assert {"train loss (nats/token)", "val bits per byte", "tokens seen"} <= texts
 
 
+def test_a_run_named_twice_is_one_run(tmp_path):
+    fake_run(tmp_path / "a", {"seed": 1}, [1.5, 1.4])
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    out = compare(tmp_path, tmp_path / "a", f"{tmp_path / 'a'}/", f"{tmp_path / 'a'}/.", tmp_path / "link")
+    assert (
+        len([line for line in out.splitlines() if line.startswith(str(tmp_path))]) == 1
+        and "groups" not in out
+    )
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("{tmp}/a/ckpt.pt", "exists and is not an earlier output of this kind: it is kept"),
+        ("{tmp}/a", "is a directory: name a file"),
+        ("", "is empty: name a file"),
+        ("/dev/null", "exists and is not an earlier output"),
+    ],
+)
+def test_an_output_that_is_not_an_earlier_plot_is_never_replaced(tmp_path, output, message):
+    fake_run(tmp_path / "a", {"seed": 1}, [1.5, 1.4])
+    before = (tmp_path / "a" / "ckpt.pt").read_bytes()
+    result = run_in_process("compare.py", str(tmp_path / "a"), f"--output={output.format(tmp=tmp_path)}")
+    assert result.returncode == 1 and message in result.stderr.splitlines()[-1]
+    assert (tmp_path / "a" / "ckpt.pt").read_bytes() == before
+
+
 def test_a_directory_that_is_not_a_run_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_in_process("compare.py", str(tmp_path / "empty"))

@@ -98,6 +98,10 @@ def test_a_missing_config_file_is_named(script, capsys, tmp_path):
     assert f"config file '{tmp_path / 'nope.py'}' not found (options are written --key=value)" in line
 
 
+def test_a_config_file_that_is_a_directory_is_named(script, capsys, tmp_path):
+    assert f"config file '{tmp_path}' is not a file" in error_line(capsys, script, [str(tmp_path)])
+
+
 def test_a_key_without_a_value_is_refused(script, capsys):
     assert "'--batch_size' has no value: write it as --key=value" in error_line(
         capsys, script, ["--batch_size"]

@@ -200,6 +200,7 @@ GOOD = "--input={tmp}/good.txt"
 # line says)
 BAD_INPUT = [
     ("missing file", {}, ["--input={tmp}/nope.txt"], "not found"),
+    ("a device", {}, ["--input=/dev/null"], "input file '/dev/null' is not a regular file"),
     ("directory", {"stories": None}, ["--input={tmp}/stories"], "input '{tmp}/stories' is a directory"),
     ("unsupported extension", {"s.csv": "text\nhello\n"}, ["--input={tmp}/s.csv"], "unsupported extension"),
     (

@@ -223,8 +223,10 @@ def test_too_many_samples_for_memory_are_refused_in_one_line(trained):
     assert_clean_error(result, "1,000,000 sequences at once need about", "--num_samples")
 
 
-def test_a_temperature_too_small_to_sample_at_is_greedy(trained):
-    assert sample(trained, "--temperature=1e-38").stdout == sample(trained, "--temperature=0").stdout
+def test_a_temperature_or_top_p_too_small_to_sample_at_is_greedy(trained):
+    greedy = sample(trained, "--temperature=0").stdout
+    assert sample(trained, "--temperature=1e-38").stdout == greedy
+    assert sample(trained, "--top_p=1e-300").stdout == greedy  # the nucleus keeps its most likely token
 
 
 def test_escape_codes_reach_a_terminal_escaped_and_a_pipe_as_they_are(trained, tmp_path):

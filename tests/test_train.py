@@ -418,6 +418,13 @@ BAD_INPUT = [
     ),
     ("zero batch", None, ["--batch_size=0"], "--batch_size=0 must be at least 1"),
     ("zero eval_iters", None, ["--eval_iters=0"], "--eval_iters=0"),
+    ("more eval windows than val tokens", None, ["--eval_iters=100000"], "use a smaller --eval_iters"),
+    (
+        "loss.svg is a directory",
+        lambda d, f, t, m: (copy_run(f, t) / "loss.svg").unlink() or (t / "run" / "loss.svg").mkdir(),
+        RESUME,
+        "loss.svg is not a file: move it away",
+    ),
     ("zero eval_interval", None, ["--eval_interval=0"], "--eval_interval=0"),
     ("zero log_interval", None, ["--log_interval=0"], "--log_interval=0"),
     ("negative seed", None, ["--seed=-1"], "--seed=-1"),
@@ -547,7 +554,7 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(
     if setup:
         setup(data_dir, finished_run, tmp_path, monkeypatch)
     runs = [finished_run, *([tmp_path / "run"] if (tmp_path / "run").exists() else [])]
-    before = {run / name: (run / name).read_bytes() for run in runs for name in os.listdir(run)}
+    before = {path: path.read_bytes() for run in runs for path in run.iterdir() if path.is_file()}
     args = [arg.format(tmp=tmp_path, finished=finished_run) for arg in args]
     result = run_in_process(
         "train.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", *TINY, *args
@@ -610,6 +617,29 @@ def test_a_dataset_replaced_under_a_running_training_changes_nothing_in_that_run
 def strip(record):
     """A log record without its timings, which differ between any two runs."""
     return {k: v for k, v in record.items() if k not in ("ms", "tok_per_s", "elapsed")}
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [f"--data_dir={data_dir}", f"--out_dir={out}", *TINY, "--max_iters=100000", "--eval_interval=20"]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args, "--log_interval=100000"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_log_lines(out / "log.jsonl", 2, process)  # two evals: a checkpoint at iteration 20
+    checkpoint = (out / "ckpt.pt").read_bytes()
+    process.send_signal(signal.SIGINT)  # would wait for the next log line, 100,000 steps away
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) != 0
+    assert process.stderr.read().strip().splitlines()[-1] == "interrupted"
+    assert (out / "ckpt.pt").read_bytes() == checkpoint or load_checkpoint(str(out / "ckpt.pt"))[
+        "iter_num"
+    ] > 20
 
 
 def test_a_resume_after_a_torn_last_log_line_equals_an_uninterrupted_run(data_dir, finished_run, tmp_path):
