@@ -135,11 +135,6 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=DTYPES[dtype])
 data = TrainingData(data_dir, block_size, device)  # checked before anything is written
-if eval_iters * batch_size > data.tokens["val"]:
-    fail(
-        f"--eval_iters={eval_iters} x --batch_size={batch_size} windows are more than val.bin's "
-        f"{data.tokens['val']:,} tokens: use a smaller --eval_iters"
-    )
 
 # the out_dir: no run replaced by mistake
 ckpt_path, best_path, log_path = (os.path.join(out_dir, name) for name in ("ckpt.pt", "best.pt", "log.jsonl"))
@@ -196,6 +191,11 @@ if need > (total_memory(device) or float("inf")):
         f"--batch_size={batch_size} of {block_size} tokens needs about {need / 2**30:,.0f} GiB of "
         "activations, more than this device has: use a smaller --batch_size and a larger "
         "--gradient_accumulation_steps (the tokens per step stay the same)"
+    )
+if eval_iters * batch_size > data.tokens["val"]:
+    fail(
+        f"--eval_iters={eval_iters} x --batch_size={batch_size} windows are more than val.bin's "
+        f"{data.tokens['val']:,} tokens: use a smaller --eval_iters"
     )
 raw_model.to(device)
 try:  # chosen and logged once, here: the compiled graph then holds the chosen kernel
