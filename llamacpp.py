@@ -135,3 +135,23 @@ def export_gguf(checkpoint, path, gguf_type="f16", name="tinyllama"):
         if os.path.exists(tmp):
             os.remove(tmp)
     return fell_back
+
+
+def open_in_llama_cpp(path, n_ctx, threads, **options):
+    """The GGUF file in llama.cpp (llama-cpp-python) without ggml's extra CPU buffer types: on a CPU that
+    reports AMX inside a VM that does not enable it, ggml's AMX kernels die with SIGILL, and the plain kernels
+    read the same file."""
+    import llama_cpp
+
+    default = llama_cpp.llama_cpp.llama_model_default_params
+
+    def plain_params():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = plain_params  # Llama() reads its parameters from it
+    try:
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, verbose=False, **options)
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = default

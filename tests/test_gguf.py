@@ -11,6 +11,7 @@ from conftest import assert_clean_error, make_stories, run_in_process, run_scrip
 
 import tokenizer
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from llamacpp import open_in_llama_cpp
 from model import Llama, ModelConfig
 
 gguf = pytest.importorskip("gguf")
@@ -60,30 +61,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def plain_cpu_params(default=llama_cpp.llama_cpp.llama_model_default_params):
-    """llama.cpp's model parameters without its extra CPU buffer types. This machine's CPU reports AMX, so
-    ggml picks its AMX kernels for q8_0, but the VM does not enable AMX (they die with SIGILL); the plain
-    kernels read the same file, and the file is what these tests check."""
-    params = default()
-    params.use_extra_bufts = False
-    return params
-
-
 def open_llama(path):
     """llama.cpp with every position's logits and an f32 KV cache (its default f16 cache would add its own
     rounding). One thread: with two, llama.cpp's threads spin at every op's barrier, and 30 tokens of a tiny
     model took 8 s here against 0.4 s on one."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", plain_cpu_params)
-        return llama_cpp.Llama(
-            str(path),
-            n_ctx=256,
-            n_threads=1,
-            logits_all=True,
-            verbose=False,
-            type_k=llama_cpp.GGML_TYPE_F32,
-            type_v=llama_cpp.GGML_TYPE_F32,
-        )
+    return open_in_llama_cpp(
+        path, 256, 1, logits_all=True, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32
+    )
 
 
 def export(out_dir, path, *args):
