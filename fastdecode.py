@@ -37,7 +37,7 @@ def load_for_decoding(
     device, dtype = choose(device, dtype)
     if quantize and device.split(":")[0] != "cpu":
         raise UserError(
-            f"--quantize={quantize} is for decoding on the CPU; on {device}, --dtype=bfloat16 is the fast path"
+            f"--quantize={quantize} is for decoding on the CPU; on {device}, --dtype=bfloat16 is the fast one"
         )
     model, spec, facts = load_model(out_dir, ckpt, hf_dir)
     enc = tokenizer.load_tokenizer(spec)
@@ -70,10 +70,10 @@ def prepare_for_decoding(model, quantize=""):
 
     MKL multiplies one row by a matrix stored (in, out) at about three times the bandwidth of (out, in), and
     F.linear on the transposed storage takes that path. A tied head gets its own copy, so the embedding
-    lookup keeps its rows contiguous. quantize='bf16' stores every matrix in bf16 (BF16Linear); 'int8' the
-    output head, most of a small model's bytes, in int8 (Int8Linear) and the others in bf16, where inductor's
-    int8 kernel is slower than bf16. The embedding stays as it is (one row a token). A quantized model is for
-    decoding only: its matrices are buffers, so num_params leaves them out and forward(idx, targets) fails.
+    lookup keeps its rows contiguous. quantize='bf16' stores every matrix in bf16 (BF16Linear), 'int8' in int8
+    (Int8Linear), half of bf16's bytes, and inductor's int8 kernel reads them faster than its bf16 one. The
+    embedding stays as it is (one row a token). A quantized model is for decoding only: its matrices are
+    buffers, so num_params leaves them out and forward(idx, targets) fails.
     """
     model.eval().requires_grad_(False)
     for parent in list(model.modules()):
@@ -81,7 +81,7 @@ def prepare_for_decoding(model, quantize=""):
             if not isinstance(child, nn.Linear):
                 continue
             if quantize:
-                low = Int8Linear if quantize == "int8" and child is model.lm_head else BF16Linear
+                low = Int8Linear if quantize == "int8" else BF16Linear
                 setattr(parent, name, low(child.weight))
             elif child.weight.device.type == "cpu":
                 child.weight = nn.Parameter(child.weight.t().contiguous().t(), requires_grad=False)
@@ -106,7 +106,7 @@ class Int8Linear(nn.Module):
     which inductor compiles into its own int8 kernel; the result comes back in the input's dtype.
 
     That kernel reads rows in blocks of 16 columns and fails (wrong sums, or a crash) on any other width, so
-    a width that is not a multiple of 16 is padded with zero columns, and the input with zeros.
+    rows are padded with zero columns to a multiple of 64 (a cache line of int8), and the input with zeros.
     """
 
     def __init__(self, weight):
@@ -114,7 +114,7 @@ class Int8Linear(nn.Module):
         w = weight.detach().float()
         scales = (w.abs().amax(1) / 127).clamp(min=1e-30).to(torch.bfloat16)  # a row of zeros stays zeros
         q = (w / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
-        self.pad = -w.shape[1] % 16
+        self.pad = -w.shape[1] % 64
         self.register_buffer("weight", nn.functional.pad(q, (0, self.pad)).contiguous())
         self.register_buffer("scales", scales)
 
@@ -288,6 +288,6 @@ def load_package(path):
         package = aoti_load_package(path)
     except RuntimeError as e:
         raise RuntimeError(
-            f"the compiled decode step {path} cannot be loaded ({first_line(e)}); --compile=True builds it again"
+            f"the compiled decode step {path} cannot be loaded ({first_line(e)}); --compile=True rebuilds it"
         ) from e
     return lambda idx, cache, pos: package(idx, torch.empty(pos + 1), *(t for kv in cache for t in kv))
