@@ -62,10 +62,10 @@ dropout = 0.0
 tie_embeddings = False  # untied: the embedding can take embedding_lr_scale's higher lr without the head
 zero_init = False  # o_proj and down_proj start at zero, so that each block starts as the identity
 attn_backend = "auto"  # auto, fa4, fa2, sdpa or math
-# optimizer and schedule: the defaults are the recipe bench.py --what=recipe measured best; the source-named
-# presets in config/ set their source's recipe, and config/train_baseline_adamw.py the one used before
+# optimizer and schedule: the defaults are the recipe bench.py --what=recipe measured best in both regimes;
+# the source-named presets in config/ set their source's recipe, config/train_baseline_adamw.py llama2.c's
 optimizer = "muon"  # 'muon' (torch.optim.Muon for the blocks' matrices, AdamW for the rest) or 'adamw'
-learning_rate = 2e-2
+learning_rate = 1e-2
 max_iters = 5000
 weight_decay = 0.1
 beta1 = 0.9
@@ -78,6 +78,10 @@ lr_schedule = "wsd"  # 'wsd' (warmup, stable, linear decay), 'cosine' or 'onecyc
 warmup_iters = 100
 lr_decay_iters = 0  # cosine: iterations until min_lr; 0: max_iters
 decay_fraction = 0.4  # wsd: the last fraction of max_iters decays linearly to min_lr (0: a constant lr)
+# many passes over a few stories overfit: from 2 planned passes over a train.bin of fewer tokens than the
+# model has parameters on, weight decay and dropout rise to at least these (0 and 0: off)
+many_pass_weight_decay = 0.3
+many_pass_dropout = 0.1
 min_lr = 0.0
 # system
 device = ""  # '' picks cuda, then mps, then cpu
@@ -92,11 +96,10 @@ positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_
 positive += ("block_size", "dim", "n_layers", "n_heads", "multiple_of")
 checks = dict.fromkeys(positive, "[1, inf)")
 checks |= dict.fromkeys(("max_iters", "warmup_iters", "lr_decay_iters", "muon_momentum_warmup"), "[0, inf)")
-checks |= dict.fromkeys(
-    ("n_kv_heads", "hidden_dim", "max_seq_len", "min_lr", "weight_decay", "grad_clip"), "[0, inf)"
-)
+non_negative = ("n_kv_heads", "hidden_dim", "max_seq_len", "min_lr", "weight_decay", "many_pass_weight_decay")
+checks |= dict.fromkeys(non_negative + ("grad_clip",), "[0, inf)")
 checks |= dict.fromkeys(("learning_rate", "embedding_lr_scale"), "(0, inf)")
-checks |= dict.fromkeys(("beta1", "beta2", "muon_momentum", "dropout"), "[0, 1)")
+checks |= dict.fromkeys(("beta1", "beta2", "muon_momentum", "dropout", "many_pass_dropout"), "[0, 1)")
 checks |= {"decay_fraction": "[0, 1]", "seed": "[0, 2**63)", "rope_theta": "(1, inf)"}
 checks |= {"optimizer": ("muon", "adamw"), "lr_schedule": ("wsd", "cosine", "onecycle")}
 checks |= {"attn_backend": ("auto", "fa4", "fa2", "sdpa", "math")}
@@ -153,9 +156,7 @@ iter_num, best_val_loss, elapsed_before, checkpoint = 0, float("inf"), 0.0, None
 code = runs.code_version()
 torch.manual_seed(seed)  # the same initial weights on every rank
 if init_from == "resume":
-    given = {
-        key: config[key] for key in SHAPE if config[key] != shape_defaults[key]
-    }  # set on the command line
+    given = {key: config[key] for key in SHAPE if config[key] != shape_defaults[key]}  # set by the user
     checkpoint = load_for_resume(ckpt_path, device, given, allow_code_change, warn=master)
     data.check_vocabulary(ckpt_path, checkpoint["tokenizer"], checkpoint["model_args"]["vocab_size"])
     raw_model = model_from_checkpoint(checkpoint, dropout=dropout, attn_backend=attn_backend)
@@ -169,16 +170,22 @@ elif init_from.startswith("hf:"):
 else:
     shape = {key: config[key] for key in SHAPE} | {"max_seq_len": max_seq_len or block_size}
     try:
-        raw_model = Llama(
-            ModelConfig(
-                **shape, vocab_size=data.meta["vocab_size"], dropout=dropout, attn_backend=attn_backend
-            )
-        )
+        shape |= dict(vocab_size=data.meta["vocab_size"], dropout=dropout, attn_backend=attn_backend)
+        raw_model = Llama(ModelConfig(**shape))
     except ValueError as e:  # a shape the model cannot take
         fail(str(e))
     for name, p in raw_model.named_parameters() if zero_init else []:
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             torch.nn.init.zeros_(p)
+passes = max_iters * tokens_per_iter / data.tokens["train"]
+if passes >= 2 and data.tokens["train"] < raw_model.num_params():  # it could learn the stories by heart
+    weight_decay = config["weight_decay"] = max(weight_decay, many_pass_weight_decay)
+    dropout = config["dropout"] = raw_model.config.dropout = max(dropout, many_pass_dropout)
+    for module in raw_model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = dropout
+    if master:
+        print(f"note: {passes:.1f} passes over the data: weight_decay {weight_decay}, dropout {dropout}")
 model_config = raw_model.config
 if block_size > model_config.max_seq_len:
     fail(f"block_size={block_size} is larger than the model's context max_seq_len={model_config.max_seq_len}")

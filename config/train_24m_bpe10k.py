@@ -18,4 +18,5 @@ learning_rate = 1e-3
 warmup_iters = 2000
 min_lr = 5e-5
 weight_decay = 0.1
+many_pass_weight_decay = many_pass_dropout = 0.0  # no more regularisation on many passes
 max_iters = 30000

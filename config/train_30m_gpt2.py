@@ -17,3 +17,4 @@ learning_rate = 6e-4
 warmup_iters = 1000
 max_iters = 30000
 weight_decay = 0.1
+many_pass_weight_decay = many_pass_dropout = 0.0  # no more regularisation on many passes

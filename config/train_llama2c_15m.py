@@ -16,3 +16,4 @@ learning_rate = 5e-4
 max_iters = 100000
 warmup_iters = 1000
 weight_decay = 0.1
+many_pass_weight_decay = many_pass_dropout = 0.0  # no more regularisation on many passes

@@ -20,5 +20,6 @@ min_lr = 5e-6
 beta1 = 0.9
 beta2 = 0.95
 weight_decay = 0.01
+many_pass_weight_decay = many_pass_dropout = 0.0  # no more regularisation on many passes
 max_iters = 4000
 eval_interval = 500

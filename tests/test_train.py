@@ -108,8 +108,35 @@ def test_one_batch_can_be_overfit(data_dir, tmp_path):
     overfit = tmp_path / "data"
     shutil.copytree(data_dir, overfit)
     np.fromfile(data_dir / "train.bin", dtype=np.uint16)[:33].tofile(overfit / "train.bin")
-    train(overfit, tmp_path / "out", "--max_iters=150", "--eval_interval=1000", "--learning_rate=1e-2")
+    no_regularisation = ["--many_pass_weight_decay=0", "--many_pass_dropout=0"]  # 150 passes over it
+    train(
+        overfit,
+        tmp_path / "out",
+        "--max_iters=150",
+        "--eval_interval=1000",
+        "--learning_rate=1e-2",
+        *no_regularisation,
+    )
     assert train_losses(tmp_path / "out")[150] < 0.05
+
+
+def test_many_planned_passes_raise_weight_decay_and_dropout_unless_a_preset_turns_that_off(
+    data_dir, short_run, tmp_path
+):
+    train_tokens = (data_dir / "train.bin").stat().st_size // 2
+    many = ["--batch_size=64", "--gradient_accumulation_steps=8", "--max_iters=5", "--eval_interval=5"]
+    assert (
+        5 * 64 * 32 * 8 >= 2 * train_tokens > 2 * 60 * 4 * 32 * 2
+    )  # many passes here, under one in short_run
+    result = train(data_dir, tmp_path / "many", *many)
+    assert "passes over the data: weight_decay 0.3, dropout 0.1" in result.stdout
+    regularised = torch.load(tmp_path / "many" / "ckpt.pt", weights_only=True)
+    assert (regularised["config"]["weight_decay"], regularised["model_args"]["dropout"]) == (0.3, 0.1)
+    plain = torch.load(short_run / "ckpt.pt", weights_only=True)
+    assert (plain["config"]["weight_decay"], plain["model_args"]["dropout"]) == (0.1, 0.0)
+    train(data_dir, tmp_path / "source", "config/train_baseline_adamw.py", *TINY, *many)
+    source = torch.load(tmp_path / "source" / "ckpt.pt", weights_only=True)
+    assert (source["config"]["weight_decay"], source["model_args"]["dropout"]) == (0.1, 0.0)
 
 
 def test_checkpoint_holds_everything_and_loads_without_code(finished_run):
