@@ -1,19 +1,16 @@
 """Benchmarks that print figures (no pass/fail): python bench.py --what=prepare|decode|quantize|train|recipe
 
-prepare:  prepare.py as a whole process on --stories repeated to about prepare_mb MB, beside the ceiling (a
-          process that only reads the file, splits the stories over all cores and encodes them).
-decode:   our sampler (generate.py), eager and with the compiled decode step, with fp32 weights and with
-          --quantize's, at llama2.c's shapes with random weights, alternating round by round with llama2.c's
-          run.c (../shared/anchors/llama2c_decode.py) and llama.cpp (llama-cpp-python, the same weights
-          exported as GGUF f32 and q8_0). Ends with `decode tok/s: N` (15M, batch 1, fp32, compiled).
-          --decode_device=cuda: the same on a GPU in sample.py's dtype, the compiled step in CUDA graphs.
+prepare:  prepare.py on --stories repeated to prepare_mb MB, beside the ceiling (read, split, encode on all
+          cores).
+decode:   our sampler (eager, compiled, fp32 and --quantize) at llama2.c's shapes with random weights, in
+          alternating rounds with llama2.c's run.c (../shared/anchors/llama2c_decode.py) and llama.cpp
+          (llama-cpp-python, the same weights as GGUF f32 and q8_0). Ends with `decode tok/s: N` (15M,
+          batch 1, fp32, compiled). --decode_device=cuda: on a GPU in sample.py's dtype, in CUDA graphs.
 quantize: what --quantize costs on a trained checkpoint (--quantize_out_dir): val bpb, greedy agreement.
-train:    a preset's training step on random tokens: ms/iter, tokens/s, MFU on GPUs, peak memory; with
-          --llama2c_dir, llama2.c's model.py beside it.
-recipe:   the tuned AdamW recipe against train.py's default in one regime (--recipe_regime): lr sweeps at
-          equal tokens, scored by eval.py's exact per-story bits per byte on held-out stories.
-
-Stories come from --stories (a TinyStories-style .txt file); nothing outside the repository is assumed.
+train:    a preset's training step on random tokens: ms/iter, tokens/s, MFU, peak memory; --llama2c_dir adds
+          llama2.c's model.py beside it.
+recipe:   tuned AdamW against train.py's default in one regime (--recipe_regime): lr sweeps at equal tokens,
+          scored by eval.py's exact per-story bits per byte on held-out stories of --stories.
 """
 
 import json
@@ -54,14 +51,9 @@ recipe_seeds = "1337"  # recipe: each run once per seed, e.g. "1337,2"
 recipe_args = ""  # recipe: more train.py arguments for every run, to measure one lever
 recipe_jobs = 2  # recipe: runs at once, each on cores / recipe_jobs threads
 recipe_out = "out/bench_recipe"  # recipe: runs and the prepared data are kept here, and read back
-checks = {
-    "what": ("prepare", "decode", "quantize", "train", "recipe"),
-    "rounds": "[1, inf)",
-    "threads": "[1, inf)",
-}
-configure(
-    globals(), checks={**checks, "recipe_regime": ("one_pass", "many_passes"), "recipe_jobs": "[1, inf)"}
-)
+checks = dict(what=("prepare", "decode", "quantize", "train", "recipe"), rounds="[1, inf)")
+checks |= dict(threads="[1, inf)", recipe_regime=("one_pass", "many_passes"), recipe_jobs="[1, inf)")
+configure(globals(), checks=checks)
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = {  # llama2.c's stories15M, 42M and 110M
     "15M": dict(dim=288, n_layers=6, n_heads=6, max_seq_len=256),
@@ -70,17 +62,26 @@ SHAPES = {  # llama2.c's stories15M, 42M and 110M
 }
 VOCAB = 32000  # llama2.c's
 REGIMES = {"one_pass": (8, 200), "many_passes": (16, 600)}  # batch of 256-token windows, iterations
-# name: (train.py arguments, learning rates swept); every run adds the setting's shape, batch and length
-RECIPES = {
-    "adamw": (["config/train_baseline_adamw.py"], [1e-3, 2e-3, 4e-3, 8e-3]),  # llama2.c's recipe, lr tuned
-    "default": ([], [5e-3, 1e-2, 2e-2, 4e-2]),  # train.py's defaults
-}
+# name: (train.py arguments, learning rates swept); every run adds the setting's shape, batch and length.
+# adamw is llama2.c's recipe with its lr tuned, default train.py's defaults.
+RECIPES = dict(
+    adamw=(["config/train_baseline_adamw.py"], [1e-3, 2e-3, 4e-3, 8e-3]),
+    default=([], [5e-3, 1e-2, 2e-2, 4e-2]),
+)
 
 
 def story_file():
     if not os.path.isfile(stories):
         raise UserError(f"--what={what} reads stories: pass --stories=PATH to a TinyStories-style .txt file")
     return stories
+
+
+def numbers(option, text, kind):
+    """A comma-separated option as numbers, or one line saying which option is not."""
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"--{option}: {text!r} is not a comma-separated list of {kind.__name__}s")
 
 
 def median(values):
@@ -104,8 +105,7 @@ def bench_prepare():
         "    with Pool() as pool: print(sum(pool.imap(work, [s[i:i + n] for i in range(0, len(s), n)])))\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        text = open(story_file(), encoding="utf-8").read()
-        big = os.path.join(tmp, "big.txt")
+        text, big = open(story_file(), encoding="utf-8").read(), os.path.join(tmp, "big.txt")
         with open(big, "w", encoding="utf-8") as f:
             f.write(text * max(1, round(prepare_mb * 1e6 / len(text.encode()))))
         mb = os.path.getsize(big) / 1e6
@@ -115,10 +115,11 @@ def bench_prepare():
         ceiling, began = time.perf_counter() - began, time.perf_counter()
         run([sys.executable, "prepare.py", f"--input={big}", f"--out_dir={tmp}/out"])
         prep = time.perf_counter() - began
-        print(
-            f"{'ceiling: read, split, Pool.map encode_ordinary':<48} {ceiling:8.2f} s {mb / ceiling:8.1f} MB/s"
-        )
-        print(f"{'python prepare.py (gpt2, writes train/val.bin)':<48} {prep:8.2f} s {mb / prep:8.1f} MB/s")
+        for label, seconds in (
+            ("ceiling: read, split, Pool.map encode_ordinary", ceiling),
+            ("python prepare.py (gpt2, writes train/val.bin)", prep),
+        ):
+            print(f"{label:<48} {seconds:8.2f} s {mb / seconds:8.1f} MB/s")
 
 
 def llama2c_decode(shape):
@@ -129,77 +130,61 @@ def llama2c_decode(shape):
     args = [f"--{k}={shape[k]}" for k in ("dim", "n_layers", "n_heads")] + [
         f"--seq_len={shape['max_seq_len']}"
     ]
-    out = subprocess.run(
-        [sys.executable, anchor, *args, f"--steps={decode_tokens}", f"--threads={threads}"],
-        capture_output=True,
-        text=True,
-    )
+    args += [f"--steps={decode_tokens}", f"--threads={threads}"]
+    out = subprocess.run([sys.executable, anchor, *args], capture_output=True, text=True)
     found = re.search(r"([0-9.]+) tok/s", out.stdout)
     return float(found.group(1)) if found else None
 
 
 def synthetic_spec(vocab_size):
-    """A byte-level BPE of exactly vocab_size ids (bytes, then byte pairs), so that random weights of llama2.c's
-    32000-id shapes can be written as GGUF: decoding random weights never looks at what the ids spell."""
+    """A byte-level BPE of exactly vocab_size ids (bytes, then byte pairs), so that random weights of
+    llama2.c's 32000-id shapes can be written as GGUF: decoding random weights never reads what ids spell."""
     import tokenizer
 
     pairs = [bytes([a, b]) for a in range(256) for b in range(256)][: vocab_size - 257]
     return tokenizer.bpe_spec({t: i for i, t in enumerate([bytes([b]) for b in range(256)] + pairs)})
 
 
-def llama_cpp_sampler(model, gguf_type, tmp):
-    """A function decoding like ours with llama.cpp on the model's weights exported as GGUF, or None when
-    llama-cpp-python or gguf is missing. Its extra CPU buffer types are off: on CPUs that report AMX in a VM
-    that does not enable it, ggml's AMX kernels die with SIGILL."""
+def llama_cpp_sampler(model, gguf_type, tmp, new):
+    """A sampler timed as ours, greedy, with llama.cpp on the model's weights exported as GGUF, or None when
+    llama-cpp-python or gguf is missing."""
     try:
         import llama_cpp
         import numpy as np
 
-        from llamacpp import export_gguf
+        from llamacpp import export_gguf, open_in_llama_cpp
     except ImportError:
         return None
     path = os.path.join(tmp, f"{gguf_type}.gguf")
-    checkpoint = {
+    weights = {
         "model_args": vars(model.config),
         "model": model.state_dict(),
         "tokenizer": synthetic_spec(VOCAB),
     }
-    export_gguf(checkpoint, path, gguf_type)
-    params = llama_cpp.llama_cpp.llama_model_default_params()
-    params.use_extra_bufts = False
-    plain = lambda: params  # noqa: E731
-    default, llama_cpp.llama_cpp.llama_model_default_params = (
-        llama_cpp.llama_cpp.llama_model_default_params,
-        plain,
-    )
-    try:
-        llm = llama_cpp.Llama(
-            path, n_ctx=model.config.max_seq_len, n_threads=threads, n_batch=64, verbose=False
-        )
-    finally:
-        llama_cpp.llama_cpp.llama_model_default_params = default
+    export_gguf(weights, path, gguf_type)
+    llm = open_in_llama_cpp(path, model.config.max_seq_len, threads, n_batch=64)
 
-    def decode(prompt, new_tokens):
+    def sample():
+        prompt = [int(t) for t in np.random.randint(0, VOCAB, 16)]
+        began, first = time.perf_counter(), None
         llm.reset()
         llm.eval(prompt)
-        out = []
-        for _ in range(new_tokens):
+        for i in range(new):
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(VOCAB,))
-            out.append(int(logits.argmax()))  # greedy, as ours
-            llm.eval([out[-1]])
-        return out
+            token = int(logits.argmax())
+            first = first or time.perf_counter() - began
+            if i < new - 1:
+                llm.eval([token])
+        return time.perf_counter() - began, first
 
-    return decode
+    return sample
 
 
 def bench_decode():
-    """Our sampler beside run.c and llama.cpp, alternating in the same minutes: greedy, 16-token prompt.
-
-    Both of sample.py's paths: eager (a checkpoint whose compiled decode step is not built yet) and the
-    compiled step (built once per checkpoint and batch size, then loaded); at batch 1 also each
-    --quantize of decode_quantize. Tokens per second count the new tokens, over the time from the prompt to
-    the last one; the first token's time is the prefill and one step.
-    """
+    """Our sampler beside run.c and llama.cpp, alternating in the same minutes: both of sample.py's paths,
+    eager (a checkpoint whose compiled decode step is not built yet) and the compiled step, and at batch 1
+    each --quantize of decode_quantize. Tokens per second count the new tokens, over the time from the prompt
+    to the last one; the first token's time is the prefill and one step."""
     import torch
 
     from device import DTYPES, choose
@@ -215,7 +200,7 @@ def bench_decode():
         raise UserError(f"--decode_quantize={decode_quantize}: use bf16 and/or int8")
     new = decode_tokens - 16
     print(
-        f"{device} ({threads} threads), {dtype}, greedy, a 16-token prompt and {new} new tokens, {rounds} rounds"
+        f"{device} ({threads} threads), {dtype}, greedy, 16-token prompt, {new} new tokens, {rounds} rounds"
     )
     headline = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,20 +208,17 @@ def bench_decode():
             if name not in SHAPES:
                 raise UserError(f"--decode_shapes: {name} is not one of {', '.join(SHAPES)}")
             shape, samplers = SHAPES[name], {}  # label: (decode(prompt) -> (seconds, first), batch)
+            config = ModelConfig(vocab_size=VOCAB, tie_embeddings=True, **shape)
             for quantize in ["", *quantized]:
                 torch.manual_seed(0)  # the same weights for every variant
-                model = Llama(ModelConfig(vocab_size=VOCAB, tie_embeddings=True, **shape)).to(
-                    device, DTYPES[dtype]
-                )
-                model = prepare_for_decoding(model, quantize)
-                for batch in [int(b) for b in decode_batches.split(",")] if not quantize else [1]:
+                model = prepare_for_decoding(Llama(config).to(device, DTYPES[dtype]), quantize)
+                for batch in numbers("decode_batches", decode_batches, int) if not quantize else [1]:
                     steps = {"eager": None}
                     try:
                         began = time.perf_counter()
                         steps["compiled"] = compile_for_decoding(model, batch)
-                        print(
-                            f"{name} {quantize} compiled step, batch {batch}: {time.perf_counter() - began:.1f} s"
-                        )
+                        seconds = time.perf_counter() - began
+                        print(f"{name} {quantize} compiled step, batch {batch}: {seconds:.1f} s")
                     except RuntimeError as e:  # no C++ compiler, say: the eager rows still stand
                         print(f"{name} no compiled decode step: {e}")
                     for kind, step in steps.items():
@@ -244,11 +226,11 @@ def bench_decode():
                         samplers[label] = (ours_sampler(model, step, batch, new, stream, torch), batch)
             if on_cpu:
                 torch.manual_seed(0)
-                reference = Llama(ModelConfig(vocab_size=VOCAB, tie_embeddings=True, **shape))
+                reference = Llama(config)
                 for gguf_type in filter(None, llama_cpp_types.split(",")):
-                    decode = llama_cpp_sampler(reference, gguf_type, tmp)
-                    if decode:
-                        samplers[f"llama.cpp, {gguf_type}, batch 1"] = (timed_llama_cpp(decode, new), 1)
+                    sampler = llama_cpp_sampler(reference, gguf_type, tmp, new)
+                    if sampler:
+                        samplers[f"llama.cpp, {gguf_type}, batch 1"] = (sampler, 1)
             figures = {label: [] for label in samplers}
             for sampler, _ in samplers.values():  # warm-up
                 sampler()
@@ -259,25 +241,19 @@ def bench_decode():
                 rc = llama2c_decode(shape) if on_cpu else None
                 if rc is not None:
                     figures.setdefault("llama2.c run.c, fp32, batch 1", []).append((rc, float("nan")))
-            print(
-                f"{'shape':<5} {'sampler (tokens/s over the batch)':<38} {'tok/s, min-max':>16} {'first ms':>9}"
-            )
+            print(f"{'shape':<5} {'sampler (tokens/s over the batch)':<38} {'tok/s, min-max':>16} first ms")
             for label, rows in figures.items():
                 rates, firsts = zip(*rows)
                 print(f"{name:<5} {label:<38} {min(rates):7.0f}-{max(rates):<8.0f} {min(firsts):9.1f}")
-            fp = dtype.replace("float", "fp")
-            pairs = [
-                (f"ours, {kind}, {fp}, batch 1", "llama2.c run.c, fp32, batch 1")
-                for kind in ("eager", "compiled")
-            ]
+            fp, rc = dtype.replace("float", "fp"), "llama2.c run.c, fp32, batch 1"
+            pairs = [(f"ours, eager, {fp}, batch 1", rc), (f"ours, compiled, {fp}, batch 1", rc)]
             pairs += [(f"ours, compiled, {fp}, batch 1", "llama.cpp, f32, batch 1")]
             pairs += [(f"ours, compiled, {q}, batch 1", "llama.cpp, q8_0, batch 1") for q in quantized]
             for ours, anchor in [(a, b) for a, b in pairs if a in figures and b in figures]:
                 ratios = ", ".join(f"{a[0] / b[0]:.2f}x" for a, b in zip(figures[ours], figures[anchor]))
                 print(f"{name} {ours} / {anchor}, round by round: {ratios}")
-            if name == "15M":
-                ours = figures.get(f"ours, compiled, {dtype.replace('float', 'fp')}, batch 1")
-                headline = median([r for r, _ in ours]) if ours else None
+            if name == "15M" and f"ours, compiled, {fp}, batch 1" in figures:
+                headline = median([r for r, _ in figures[f"ours, compiled, {fp}, batch 1"]])
     if headline is not None:
         print(f"decode tok/s: {headline:.0f}")
 
@@ -296,25 +272,11 @@ def ours_sampler(model, step, batch, new, stream, torch):
     return sample
 
 
-def timed_llama_cpp(decode, new):
-    import random
-
-    def sample():
-        prompt = [random.randrange(VOCAB) for _ in range(16)]
-        began = time.perf_counter()
-        decode(prompt, 1)
-        first = time.perf_counter() - began
-        began = time.perf_counter()
-        decode(prompt, new)
-        return time.perf_counter() - began, first
-
-    return sample
-
-
 def bench_quantize():
-    """What --quantize costs in quality, on a trained checkpoint: eval.py's bits per byte on its val split, and
-    greedy agreement with fp32 from the openings of --stories: the share of positions whose greedy token is
-    fp32's when both read fp32's greedy text (teacher-forced), and how far the greedy texts run identical."""
+    """What --quantize costs in quality, on a trained checkpoint: eval.py's bits per byte on its val split,
+    and greedy agreement with fp32 from the openings of --stories: the share of positions whose greedy token
+    is fp32's when both read fp32's greedy text (teacher-forced), and how far the greedy texts stay identical.
+    """
     import torch
 
     import tokenizer
@@ -330,37 +292,19 @@ def bench_quantize():
     reference = None
     for quantize in ["", *filter(None, decode_quantize.split(","))]:
         with tempfile.TemporaryDirectory() as tmp:
-            run(
-                [
-                    sys.executable,
-                    "eval.py",
-                    f"--out_dir={quantize_out_dir}",
-                    "--samples=0",
-                    "--device=cpu",
-                    f"--quantize={quantize}",
-                    f"--output={tmp}/eval.json",
-                ]
-            )
+            args = [f"--out_dir={quantize_out_dir}", f"--quantize={quantize}", f"--output={tmp}/eval.json"]
+            run([sys.executable, "eval.py", "--samples=0", "--device=cpu", *args])
             bpb = json.load(open(f"{tmp}/eval.json"))["lm"]["bpb"]
         model, enc, _, _ = load_for_decoding(quantize_out_dir, device="cpu", quantize=quantize, compile=False)
         context = model.config.max_seq_len
         prompts = [encode_prompt(enc, " ".join(t.split()[:8]), context)[0] for t in texts]
-        outs = [  # greedy, within one context window (so the teacher-forced pass below is one forward)
-            torch.cat(
-                [
-                    torch.tensor([p]),
-                    *stream(
-                        model,
-                        torch.tensor([p]),
-                        min(quantize_tokens, context - len(p)),
-                        temperature=0,
-                        repetition_penalty=1.0,
-                    ),
-                ],
-                1,
-            )
+        greedy = dict(temperature=0, repetition_penalty=1.0)
+        # within one context window, so the teacher-forced pass below is one forward
+        new = [
+            stream(model, torch.tensor([p]), min(quantize_tokens, context - len(p)), **greedy)
             for p in prompts
         ]
+        outs = [torch.cat([torch.tensor([p]), *tokens], 1) for p, tokens in zip(prompts, new)]
         if reference is None:
             reference, ref_bpb = outs, bpb
         agree, same, lengths = [], [], []
@@ -372,11 +316,8 @@ def bench_quantize():
                 differ = (out[0, len(p) :] != new).nonzero()
                 same.append(differ[0, 0].item() if len(differ) else len(new))
                 lengths.append(len(new))
-        print(
-            f"{quantize or 'fp32':<8} {bpb:8.4f} {bpb / ref_bpb - 1:+8.3%} {sum(agree) / len(agree):15.1%} "
-            f"{median(same):11d} of {median(lengths)}",
-            flush=True,
-        )
+        quality = f"{bpb:8.4f} {bpb / ref_bpb - 1:+8.3%} {sum(agree) / len(agree):15.1%}"
+        print(f"{quantize or 'fp32':<8} {quality} {median(same):11d} of {median(lengths)}", flush=True)
 
 
 def bench_train():
@@ -393,9 +334,7 @@ def bench_train():
         assignments = {}
         exec(open(preset).read(), assignments)
         options.update({k: v for k, v in assignments.items() if k in options})
-    options.update(
-        {k: v for k, v in (("batch_size", train_batch_size), ("vocab_size", train_vocab_size)) if v}
-    )
+    options |= {k: v for k, v in dict(batch_size=train_batch_size, vocab_size=train_vocab_size).items() if v}
     device, dtype = choose(train_device, "", "--train_device")
     torch.manual_seed(0)
     shape = {k: v for k, v in options.items() if k not in ("block_size", "batch_size")}
@@ -438,10 +377,8 @@ def bench_train():
         spec = importlib.util.spec_from_file_location("llama2c_model", os.path.join(llama2c_dir, "model.py"))
         llama2c = importlib.util.module_from_spec(spec)  # llama2.c's model.py (MIT), read from its checkout
         spec.loader.exec_module(llama2c)
-        names = ("dim", "n_layers", "n_heads", "vocab_size")
-        args = llama2c.ModelArgs(
-            **{k: options[k] for k in names}, max_seq_len=options["block_size"], dropout=0.0
-        )
+        args = {k: options[k] for k in ("dim", "n_layers", "n_heads", "vocab_size")}
+        args = llama2c.ModelArgs(**args, max_seq_len=options["block_size"], dropout=0.0)
         steps["llama2.c model.py"] = step_fn(llama2c.Transformer(args))
         steps["llama2.c model.py"]()
     if device.startswith("cuda"):
@@ -451,10 +388,8 @@ def bench_train():
         for label, step in steps.items():
             figures[label].append(time_steps(step))
     peak, tokens = peak_flops(device), x.numel()
-    print(
-        f"{model.num_params() / 1e6:.2f}M parameters, batch {options['batch_size']} x {options['block_size']}, "
-        f"{device} {dtype}, attention {backend}, compile={compile} (first step {first:.1f} s)"
-    )
+    batch = f"batch {options['batch_size']} x {options['block_size']}, {device} {dtype}, attention {backend}"
+    print(f"{model.num_params() / 1e6:.2f}M parameters, {batch}, compile={compile} (first step {first:.1f}s)")
     for label, seconds in figures.items():
         best = min(seconds)
         flops = model.flops_per_token(options["block_size"]) * tokens / best
@@ -468,9 +403,8 @@ def bench_train():
     else:
         import resource
 
-        print(
-            f"peak memory (process RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-        )
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"peak memory (process RSS): {rss:.2f} GiB")
 
 
 def recipe_data():
@@ -486,84 +420,57 @@ def recipe_data():
     for path, part in ((os.path.join(recipe_out, "train.txt"), texts[:2000]), (val, texts[2000:])):
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(t + f"\n{tokenizer.EOT}\n" for t in part)
-    run(
-        [
-            sys.executable,
-            "prepare.py",
-            f"--input={recipe_out}/train.txt",
-            f"--val_input={val}",
-            "--vocab_size=4096",
-            f"--out_dir={data}",
-        ]
-    )
+    args = [f"--input={recipe_out}/train.txt", f"--val_input={val}", "--vocab_size=4096", f"--out_dir={data}"]
+    run([sys.executable, "prepare.py", *args])
     return data, val
 
 
 def recipe_run(data, val, name, lr, seed):
     """One training run and eval.py's exact bits per byte of its final weights on the held-out stories; a
-    finished run is read back from its out_dir rather than run again."""
+    finished run of the same options and the same train.py and model.py is read back, not run again."""
     import hashlib
 
     batch, iters = REGIMES[recipe_regime]
     args = [*RECIPES[name][0], f"--learning_rate={lr}", f"--seed={seed}", *recipe_args.split()]
-    key = hashlib.md5(" ".join([recipe_regime, *args]).encode()).hexdigest()[:8]
+    code = "".join(open(os.path.join(HERE, f)).read() for f in ("train.py", "model.py"))
+    key = hashlib.md5(" ".join([recipe_regime, *args, code]).encode()).hexdigest()[:8]
     out = os.path.join(recipe_out, f"{recipe_regime}_{name}_lr{lr:g}_seed{seed}_{key}")
     if not os.path.isfile(os.path.join(out, "result.json")):
-        shape = ["--dim=128", "--n_layers=4", "--n_heads=4", "--block_size=256", f"--batch_size={batch}"]
-        schedule = [
-            f"--max_iters={iters}",
-            f"--eval_interval={iters // 4}",
-            "--warmup_iters=30",
-            "--min_lr=0.0",
-        ]
+        setting = f"--dim=128 --n_layers=4 --n_heads=4 --block_size=256 --batch_size={batch} --min_lr=0.0"
+        setting += f" --warmup_iters=30 --max_iters={iters} --eval_interval={iters // 4} --eval_iters=10"
+        setting += " --gradient_accumulation_steps=1 --compile=False --device=cpu --overwrite=True"
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // recipe_jobs))}
-        # the config file first: the setting's options after it win
-        cmd = [
-            sys.executable,
-            "train.py",
-            *args[: len(RECIPES[name][0])],
-            f"--data_dir={data}",
-            f"--out_dir={out}",
-        ]
-        cmd += ["--overwrite=True", *shape, "--gradient_accumulation_steps=1", *schedule, "--eval_iters=10"]
-        cmd += ["--compile=False", "--device=cpu", *args[len(RECIPES[name][0]) :]]
-        run(cmd, env=env)
-        run(
-            [
-                sys.executable,
-                "eval.py",
-                f"--out_dir={out}",
-                "--ckpt=ckpt.pt",
-                f"--input={val}",
-                "--samples=0",
-                f"--output={out}/eval.json",
-            ],
-            env=env,
-        )
+        config = len(RECIPES[name][0])  # the config file first: the setting's options after it win
+        places = [f"--data_dir={data}", f"--out_dir={out}"]
+        run([sys.executable, "train.py", *args[:config], *places, *setting.split(), *args[config:]], env=env)
+        scoring = [f"--out_dir={out}", "--ckpt=ckpt.pt", f"--input={val}", f"--output={out}/eval.json"]
+        run([sys.executable, "eval.py", *scoring, "--samples=0"], env=env)
         log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
-        train_loss = [r["loss"] for r in log if "loss" in r][-1]
-        result = {
-            "bpb": json.load(open(os.path.join(out, "eval.json")))["lm"]["bpb"],
-            "train_loss": train_loss,
-        }
-        json.dump({**result, "elapsed": log[-1]["elapsed"]}, open(os.path.join(out, "result.json"), "w"))
+        bpb = json.load(open(os.path.join(out, "eval.json")))["lm"]["bpb"]
+        loss = [r["loss"] for r in log if "loss" in r][-1]
+        result = dict(bpb=bpb, elapsed=log[-1]["elapsed"], train_loss=loss)
+        json.dump(result, open(os.path.join(out, "result.json"), "w"))
     return json.load(open(os.path.join(out, "result.json")))
 
 
 def bench_recipe():
     from concurrent.futures import ThreadPoolExecutor
 
-    data, val = recipe_data()
     batch, iters = REGIMES[recipe_regime]
-    names, seeds = recipes.split(","), [int(s) for s in recipe_seeds.split(",")]
-    lrs = {k: [float(x) for x in v.split(",")] for k, v in (p.split("=") for p in recipe_lrs.split(";") if p)}
+    names, seeds = recipes.split(","), numbers("recipe_seeds", recipe_seeds, int)
+    if any("=" not in p for p in recipe_lrs.split(";") if p):
+        raise UserError(f"--recipe_lrs={recipe_lrs}: write NAME=LR,LR;NAME=LR, e.g. adamw=4e-3;default=1e-2")
+    lrs = dict(p.split("=", 1) for p in recipe_lrs.split(";") if p)
+    lrs = {name: numbers("recipe_lrs", values, float) for name, values in lrs.items()}
     unknown = set(names) - set(RECIPES)
     if unknown:
         raise UserError(f"--recipes: {', '.join(unknown)} unknown; use {', '.join(RECIPES)}")
+    data, val = recipe_data()
     print(
         f"{recipe_regime}: dim 128, 4 layers, 4 heads, batch {batch} x 256, {iters} iterations "
-        f"({batch * 256 * iters / 1e6:.2f}M tokens), warmup 30, decay to 0, {recipe_args or 'no extra options'}; "
-        f"train: the first 2,000 stories of {stories}, val: eval.py's per-story bpb on the rest; seeds {seeds}"
+        f"({batch * 256 * iters / 1e6:.2f}M tokens), warmup 30, decay to 0, "
+        f"{recipe_args or 'no extra options'}; train: the first 2,000 stories of {stories}, "
+        f"val: eval.py's per-story bpb on the rest, seeds {seeds}"
     )
     jobs = [(name, lr, seed) for name in names for lr in lrs.get(name, RECIPES[name][1]) for seed in seeds]
     with ThreadPoolExecutor(recipe_jobs) as pool:
@@ -583,10 +490,5 @@ def bench_recipe():
         print(f"best {name}: lr {lr:g}, val bpb {mean:.4f}, {mean / baseline:.3f}x {names[0]}'s")
 
 
-{
-    "prepare": bench_prepare,
-    "decode": bench_decode,
-    "quantize": bench_quantize,
-    "train": bench_train,
-    "recipe": bench_recipe,
-}[what]()
+BENCHES = dict(prepare=bench_prepare, decode=bench_decode, quantize=bench_quantize, train=bench_train)
+{**BENCHES, "recipe": bench_recipe}[what]()
