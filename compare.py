@@ -6,12 +6,14 @@
 Prints a table (each run's best and final val bits per byte, tokens seen, wall time, the code that trained it
 and the options that differ between the runs) and writes one SVG of every run's train loss and val bpb.
 
-Runs whose options differ only in `seed` form a group, shown as the mean and spread of their final val bpb.
+Runs whose options differ only in `seed`, trained by the same code, form a group, shown as the mean and
+spread of their final val bpb.
 Two groups differ when Welch's t-test gives p < 0.05 over their final val bpb, which needs at least two seeds
 in each; otherwise the difference is within the seeds' noise, and the table says so.
 """
 
 import glob
+import hashlib
 import math
 import os
 import sys
@@ -51,7 +53,10 @@ def read_run(path):
     if not vals:
         raise UserError(f"{path}'s log has no val figures yet: compare it after its first eval")
     last = records[-1]
+    diff = os.path.join(path, "code.diff")  # a dirty tree's changes to model.py and train.py
+    changes = open(diff, "rb").read() if os.path.isfile(diff) else b""
     return {
+        "same_code": (runs.describe_version(checkpoint.get("code")), hashlib.sha256(changes).hexdigest()),
         "path": path,
         "records": records,
         "config": checkpoint.get("config", {}),
@@ -100,10 +105,11 @@ def incomplete_beta(a, b, x):
 
 
 def groups_of(found):
-    """Runs grouped by all their options but seed: [(options, [runs])] in the order they were named."""
+    """Runs grouped by all their options but seed and by the code that trained them: [(key, [runs])] in the
+    order they were named. An edit of model.py or train.py is a different experiment, not another seed."""
     groups = []
     for r in found:
-        options = {k: v for k, v in r["config"].items() if k not in SAME_ANYWAY}
+        options = ({k: v for k, v in r["config"].items() if k not in SAME_ANYWAY}, r["same_code"])
         for key, members in groups:
             if key == options:
                 members.append(r)
@@ -132,19 +138,24 @@ differ = sorted(
     {k for c in configs for k in c if k not in ("out_dir",) and len({repr(d.get(k)) for d in configs}) > 1}
 )
 width = max(len(r["path"]) for r in found)
-head = f"{'run':<{width}}  {'best bpb':>8}  {'final bpb':>9}  {'tokens':>8}  {'wall':>7}  {'code':<32}"
+codes = [runs.describe_version(r["code"]) for r in found]
+code_width = max(map(len, codes))
+head = (
+    f"{'run':<{width}}  {'best bpb':>8}  {'final bpb':>9}  {'tokens':>8}  {'wall':>7}  {'code':<{code_width}}"
+)
 print(head + "".join(f"  {k}" for k in differ))
-for r in found:
+for r, code in zip(found, codes):
     cells = "".join(f"  {r['config'].get(k)!s:>{len(k)}}" for k in differ)
-    code = runs.describe_version(r["code"])
     print(
         f"{r['path']:<{width}}  {r['best']:8.4f}  {r['final']:9.4f}  {r['tokens'] / 1e6:7.2f}M  "
         f"{r['wall']:6.0f}s  "
-        f"{code:<32}{cells}"
+        f"{code:<{code_width}}{cells}"
     )
 groups = groups_of(found)
 if any(len(members) > 1 for _, members in groups):
-    print("\ngroups of runs that differ only in seed: final val bpb, mean and sample standard deviation")
+    print(
+        "\nruns that differ only in seed (same options and code): final val bpb, mean and standard deviation"
+    )
     for i, (_, members) in enumerate(groups):
         finals = [r["final"] for r in members]
         mean = sum(finals) / len(finals)

@@ -78,6 +78,17 @@ def test_runs_that_differ_only_in_seed_form_groups_and_the_rule_tells_noise_from
     assert "larger than the seeds' spread" in verdicts["C - A"]
 
 
+def test_runs_of_other_code_are_another_group_not_more_seeds(tmp_path):
+    # the README's loop: the same options, model.py edited between the two sets of seeds
+    for name, model_py in (("silu", "5c9153fc8f61"), ("gelu", "0cf302829e6c")):
+        for seed, bpb in ((1, 1.2396), (2, 1.2584), (3, 1.2565)):
+            fake_run(tmp_path / f"{name}-{seed}", {"seed": seed}, [bpb], code={"model_py": model_py})
+    out = compare(tmp_path, tmp_path / "silu-*", tmp_path / "gelu-*")
+    assert "A: 3 runs" in out and "B: 3 runs" in out and "B - A:" in out
+    (tmp_path / "gelu-3" / "code.diff").write_text("-x = 1\n+x = 2\n")  # train.py edited in a dirty tree
+    assert "C: 1 run" in compare(tmp_path, tmp_path / "silu-*", tmp_path / "gelu-*")
+
+
 def test_one_run_a_side_is_never_called_a_difference(tmp_path):
     fake_run(tmp_path / "a", {"act": "silu", "seed": 1}, [1.2338])
     fake_run(tmp_path / "b", {"act": "gelu", "seed": 1}, [1.2298])
