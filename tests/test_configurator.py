@@ -150,4 +150,4 @@ def test_train_py_help_lists_its_options():
     result = run_script("train.py", "--help")
     assert result.returncode == 0, result.stderr
     assert "Train a Llama" in result.stdout
-    assert "  --learning_rate=0.02" in result.stdout
+    assert "  --learning_rate=0.01" in result.stdout

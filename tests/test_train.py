@@ -659,8 +659,8 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(data_dir, t
     )
     wait_for_log_lines(out / "log.jsonl", 2, process)  # two evals: a checkpoint at iteration 20
     checkpoint = (out / "ckpt.pt").read_bytes()
-    process.send_signal(signal.SIGINT)  # would wait for the next log line, 100,000 steps away
-    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)  # would stop at the next eval, 20 steps (about 0.4 s) away
+    time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=10) != 0
     assert process.stderr.read().strip().splitlines()[-1] == "interrupted"
