@@ -11,8 +11,10 @@ end, so a failed or interrupted run never replaces good data.
 """
 
 import json
+import multiprocessing
 import os
 import signal
+import sys
 from collections import Counter, deque
 from multiprocessing import Pool
 
@@ -155,6 +157,24 @@ def prepare():
         raise DataError(f"cannot create --out_dir={out_dir}: {e.strerror}")
     final = {name: os.path.join(out_dir, name) for name in ("train.bin", "val.bin", "meta.json")}
     tmp = {name: path + ".tmp" for name, path in final.items()}
+
+    def remove_partial():
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+        if created and not os.listdir(out_dir):  # a failed first run leaves nothing behind
+            os.rmdir(out_dir)
+
+    def stop_at_once(signum, frame):
+        """Ctrl-C. A pool's worker stopped while it holds the pool's queue lock makes terminating the pool
+        wait forever, so this cleans up, kills the workers and ends the process itself."""
+        remove_partial()
+        for child in multiprocessing.active_children():
+            child.kill()
+        print(f"\nerror: interrupted; nothing in {out_dir} was replaced", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    signal.signal(signal.SIGINT, stop_at_once)
     try:
         for path in tmp.values():  # a killed run's leftovers: free their space before writing
             if os.path.exists(path):
@@ -175,18 +195,14 @@ def prepare():
         }
         with open(tmp["meta.json"], "w") as f:
             json.dump({**meta, **stats}, f, indent=1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the three renames are not split by a Ctrl-C
         for name, path in final.items():
             os.replace(tmp[name], path)
     except OSError as e:  # a full disk: the old files are still there, the new ones are removed below
         raise DataError(f"could not write the dataset to {out_dir}: {e.strerror}; nothing there was replaced")
-    except KeyboardInterrupt:
-        raise DataError(f"interrupted; nothing in {out_dir} was replaced") from None
     finally:
-        for path in tmp.values():
-            if os.path.exists(path):
-                os.remove(path)
-        if created and not os.listdir(out_dir):  # a failed first run leaves nothing behind
-            os.rmdir(out_dir)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        remove_partial()
     for split in ("train", "val"):
         s = stats[split]
         print(
